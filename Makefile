@@ -1,0 +1,50 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench image-test system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## Serve tokens on 127.0.0.1:8000 from a built-in local issuer (no Azure account needed).
+demo: $(STAMP)
+	$(BIN)/imds-proxy dev
+
+## Lint, type-check and run every test (root-only tests run when root).
+test: $(STAMP) system-deps lint
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Throughput, latency and memory of the real proxy process (see benchmarks/README.md).
+bench: $(STAMP) system-deps
+	$(BIN)/python -m benchmarks.run
+
+## Build both images and run them as a pod (root; installs docker.io and debootstrap).
+image-test: $(STAMP)
+	bash deploy/image-test.sh
+
+# Debian packages the root-only tests need (network namespaces, iptables both backends, curl).
+system-deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  for tool in iptables-legacy iptables-nft ip curl wrk taskset; do \
+	    command -v $$tool >/dev/null 2>&1 || missing=yes; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      iptables iproute2 curl wrk util-linux >/dev/null; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
