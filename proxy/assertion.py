@@ -1,0 +1,97 @@
+"""The pod's projected service-account token: the client assertion sent to Entra ID.
+
+kubelet rotates the file by swapping a `..data` symlink, so the path is resolved and
+stat'ed on every read: a changed (device, inode, size, mtime) means a new token. The
+content is decoded only to learn its `exp`: a token past it is never sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.tokens.errors import CredentialUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccountToken:
+    value: str
+    expires_at: float | None
+
+    def __repr__(self) -> str:  # never show the token itself
+        return f"ServiceAccountToken(expires_at={self.expires_at})"
+
+
+class AssertionSource:
+    """Reads the federated token file, re-reading only when kubelet replaced it.
+
+    Safe to call from MSAL's worker threads (it is the client-assertion callable).
+    """
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._identity: tuple[int, int, int, int] | None = None
+        self._token: ServiceAccountToken | None = None
+
+    def current(self) -> ServiceAccountToken:
+        """The current, unexpired token. Raises `CredentialUnavailable` saying why not."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise CredentialUnavailable(
+                f"service-account token file {self.path} does not exist"
+            ) from None
+        except OSError as exc:
+            raise CredentialUnavailable(
+                f"service-account token file {self.path} cannot be read: {exc.strerror}"
+            ) from None
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if identity != self._identity or self._token is None:
+                self._token = self._read()
+                self._identity = identity
+            token = self._token
+        if token.expires_at is not None and token.expires_at <= self._clock():
+            raise CredentialUnavailable(
+                f"service-account token in {self.path} expired at {token.expires_at:.0f}"
+            )
+        return token
+
+    def __call__(self) -> str:
+        """The assertion itself, as MSAL's `client_assertion` callable wants it."""
+        return self.current().value
+
+    def _read(self) -> ServiceAccountToken:
+        try:
+            with open(self.path, encoding="ascii") as fh:
+                value = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not ASCII text"
+            raise CredentialUnavailable(
+                f"service-account token file {self.path} cannot be read: {reason}"
+            ) from None
+        if not value:
+            raise CredentialUnavailable(f"service-account token file {self.path} is empty")
+        return ServiceAccountToken(value=value, expires_at=_expiry(value, self.path))
+
+
+def _expiry(jwt: str, path: str) -> float | None:
+    """The `exp` claim, read without verifying (Entra verifies; we only avoid sending junk)."""
+    parts = jwt.split(".")
+    if len(parts) != 3:
+        raise CredentialUnavailable(f"service-account token in {path} is not a JWT")
+    try:
+        payload = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        raise CredentialUnavailable(f"service-account token in {path} is not a JWT") from None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) else None

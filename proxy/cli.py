@@ -1,0 +1,65 @@
+"""`imds-proxy`: the sidecar's command line, drop-in for the upstream image's arguments.
+
+Exit codes: 0 normal stop or probe success, 1 probe failure, 2 bad configuration
+(one line naming the setting, no traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from proxy import config, logs
+
+PROBE_TRIES = 7
+PROBE_INTERVAL = 1.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["dev"]:
+        from proxy.devmode import run_dev
+
+        return int(run_dev(args[1:]))
+    parsed = config.build_parser().parse_args(args)
+    if parsed.probe:
+        return probe(parsed.proxy_port)
+    try:
+        settings = config.load(parsed, os.environ)
+    except config.ConfigError as exc:
+        print(f"imds-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return run(settings)
+
+
+def run(settings: config.Settings) -> int:
+    from proxy.server import serve  # after config: a bad setting fails before heavy imports
+
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:  # e.g. the port is taken
+        logs.get_logger("proxy.server").error("cannot start the proxy server", reason=str(exc))
+        return 1
+    return 0
+
+
+def probe(port: int, tries: int = PROBE_TRIES, interval: float = PROBE_INTERVAL) -> int:
+    """The upstream postStart hook: wait until /readyz answers 200."""
+    url = f"http://127.0.0.1:{port}/readyz"
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(url, timeout=interval) as response:
+                if response.status == 200:
+                    return 0
+        except (urllib.error.URLError, OSError):
+            pass
+        if attempt + 1 < tries:
+            time.sleep(interval)
+    print(f"imds-proxy: not ready at {url} after {tries} tries", file=sys.stderr)
+    return 1

@@ -1,0 +1,183 @@
+"""One frozen settings object from the command line and the environment.
+
+The upstream webhook injects `--proxy-port` and `--log-level` as arguments and the
+identity as `AZURE_*` variables; both are read here and nowhere else. A bad value stops
+the process at start with one line naming the setting (`ConfigError`), never later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from proxy import __version__
+
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
+DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_TENANT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it and says what is wrong."""
+
+
+def is_client_id(value: str) -> bool:
+    """Entra application (client) ids are GUIDs."""
+    return bool(_GUID.match(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    tenant_id: str
+    federated_token_file: str
+    client_id: str | None = None
+    authority_host: str = DEFAULT_AUTHORITY_HOST
+    ca_bundle: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    imds_upstream: str = DEFAULT_IMDS_UPSTREAM
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090
+    log_level: str = "info"
+    log_format: str = "json"
+    shutdown_grace: float = 5.0
+    entra_timeout: float = 10.0
+    cache_max_entries: int = 1024
+    rejected_ttl: float = 5.0
+    prefetch_resources: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def authority(self) -> str:
+        """The MSAL authority: the host plus the tenant path segment."""
+        return self.authority_host.rstrip("/") + "/" + self.tenant_id
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imds-proxy",
+        description="Answer IMDS managed-identity token requests with Entra Workload ID tokens.",
+        epilog="Environment: AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (required), "
+        "AZURE_CLIENT_ID (the default identity), AZURE_AUTHORITY_HOST, REQUESTS_CA_BUNDLE, "
+        "HTTPS_PROXY/NO_PROXY. Subcommand: `imds-proxy dev` runs it against a local issuer.",
+    )
+    add = parser.add_argument
+    add("--proxy-port", type=int, default=8000, help="port for IMDS requests (default 8000)")
+    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: pod-local)")
+    add("--log-level", default="info", type=str.lower, help="debug, info, warning, error")
+    add("--log-format", default="json", choices=("json", "console"))
+    add(
+        "--imds-upstream",
+        default=DEFAULT_IMDS_UPSTREAM,
+        help="where other /metadata/* requests go (default %(default)s)",
+    )
+    add("--metrics-port", type=int, default=9090, help="Prometheus port; 0 turns it off")
+    add("--metrics-host", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
+    add(
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        help="seconds to finish in-flight requests on SIGTERM",
+    )
+    add("--entra-timeout", type=float, default=10.0, help="seconds per call to Entra ID")
+    add("--cache-max-entries", type=int, default=1024, help="tokens kept at most (LRU)")
+    add(
+        "--rejected-ttl",
+        type=float,
+        default=5.0,
+        help="seconds an Entra 4xx is answered from memory",
+    )
+    add(
+        "--prefetch-resource",
+        action="append",
+        default=[],
+        metavar="RESOURCE",
+        help="fetch a token for RESOURCE at start (repeatable)",
+    )
+    add(
+        "--probe",
+        action="store_true",
+        help="poll /readyz on --proxy-port (7 tries, 1 s apart) and exit 0 when ready",
+    )
+    add("--version", action="version", version=f"imds-proxy {__version__}")
+    return parser
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Validate flags and environment together; raises `ConfigError` on the first problem."""
+    tenant = _required(environ, "AZURE_TENANT_ID")
+    if not _TENANT.match(tenant):
+        raise ConfigError("AZURE_TENANT_ID: must be a tenant GUID or domain name")
+    token_file = _required(environ, "AZURE_FEDERATED_TOKEN_FILE")
+    client_id = environ.get("AZURE_CLIENT_ID", "").strip() or None
+    if client_id is not None and not is_client_id(client_id):
+        raise ConfigError("AZURE_CLIENT_ID: must be an application (client) id, a GUID")
+    authority_host = environ.get("AZURE_AUTHORITY_HOST", "").strip() or DEFAULT_AUTHORITY_HOST
+    parts = urlsplit(authority_host)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(
+            "AZURE_AUTHORITY_HOST: must be an https URL such as https://login.microsoftonline.com/"
+        )
+    upstream = urlsplit(args.imds_upstream)
+    if upstream.scheme not in ("http", "https") or not upstream.hostname:
+        raise ConfigError("--imds-upstream: must be an http URL such as http://169.254.169.254")
+    if args.log_level not in LOG_LEVELS and args.log_level != "warn":
+        raise ConfigError(f"--log-level: must be one of {', '.join(LOG_LEVELS)}")
+    _port("--proxy-port", args.proxy_port)
+    if args.metrics_port != 0:
+        _port("--metrics-port", args.metrics_port)
+    for name, value in (
+        ("--shutdown-grace", args.shutdown_grace),
+        ("--entra-timeout", args.entra_timeout),
+        ("--rejected-ttl", args.rejected_ttl),
+    ):
+        if not value >= 0:
+            raise ConfigError(f"{name}: must not be negative")
+    if args.cache_max_entries < 1:
+        raise ConfigError("--cache-max-entries: must be at least 1")
+    prefetch = tuple(r.strip() for r in args.prefetch_resource)
+    if any(not r for r in prefetch):
+        raise ConfigError("--prefetch-resource: must not be empty")
+    if prefetch and client_id is None:
+        raise ConfigError("--prefetch-resource: needs AZURE_CLIENT_ID, the identity to fetch for")
+    ca_bundle = (environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or "").strip()
+    return Settings(
+        tenant_id=tenant,
+        federated_token_file=token_file,
+        client_id=client_id,
+        authority_host=authority_host,
+        ca_bundle=ca_bundle or None,
+        host=args.host,
+        port=args.proxy_port,
+        imds_upstream=args.imds_upstream.rstrip("/"),
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        log_level="warning" if args.log_level == "warn" else args.log_level,
+        log_format=args.log_format,
+        shutdown_grace=args.shutdown_grace,
+        entra_timeout=args.entra_timeout,
+        cache_max_entries=args.cache_max_entries,
+        rejected_ttl=args.rejected_ttl,
+        prefetch_resources=prefetch,
+    )
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    return load(build_parser().parse_args(argv), environ)
+
+
+def _required(environ: Mapping[str, str], name: str) -> str:
+    value = environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name}: is not set")
+    return value
+
+
+def _port(name: str, value: int) -> None:
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{name}: must be a port number from 1 to 65535")

@@ -1,0 +1,216 @@
+"""The IMDS token protocol: what a request means and what the answer looks like.
+
+This is the only module that knows IMDS's status codes and bodies. It reads a request
+into a `TokenRequest` or raises `ImdsError`, renders tokens exactly as IMDS does (every
+value a string, `expires_in` counted from now), and maps typed token failures to errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy.config import is_client_id
+from proxy.tokens.errors import (
+    CredentialUnavailable,
+    EntraRejected,
+    EntraThrottled,
+    EntraUnavailable,
+    TokenError,
+)
+from proxy.tokens.model import AccessToken, TokenKey
+
+TOKEN_PATH = "/metadata/identity/oauth2/token"
+JSON = "application/json; charset=utf-8"
+_DEFAULT_SUFFIX = "/.default"
+_OLDEST_API_VERSION = "2018-02-01"
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_MAX_RESOURCE_LENGTH = 2048
+_UNSUPPORTED_SELECTORS = ("object_id", "msi_res_id", "mi_res_id")
+
+
+class ImdsError(Exception):
+    """An answer other than a token: status, IMDS error code and a safe description."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        description: str,
+        *,
+        retry_after: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.retry_after = retry_after
+        self.reason = reason or error
+        """A short, bounded label for logs and metrics (the failure kind)."""
+
+    def body(self) -> bytes:
+        return error_body(self.error, self.description)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": JSON}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    resource: str
+    key: TokenKey
+
+
+def error_body(error: str, description: str) -> bytes:
+    return json.dumps({"error": error, "error_description": description}).encode()
+
+
+def scope_for(resource: str) -> str:
+    """Entra's v2 scope for an IMDS resource, as upstream forms it (trailing slash kept)."""
+    return resource if resource.endswith(_DEFAULT_SUFFIX) else resource + _DEFAULT_SUFFIX
+
+
+def parse_token_request(
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    tenant_id: str,
+    default_client_id: str | None,
+) -> TokenRequest:
+    """Validate in IMDS's order: header, proxying, api-version, resource, identity."""
+    if headers.get("Metadata", "").lower() != "true":
+        raise ImdsError(
+            400,
+            "invalid_request",
+            "Required metadata header not specified",
+            reason="metadata_header",
+        )
+    if "X-Forwarded-For" in headers:
+        raise ImdsError(
+            400,
+            "invalid_request",
+            "Request was proxied (X-Forwarded-For is set); IMDS refuses proxied requests",
+            reason="forwarded",
+        )
+    api_version = query.get("api-version")
+    if not api_version:
+        raise ImdsError(
+            400,
+            "invalid_request",
+            "Required query variable 'api-version' is missing",
+            reason="api_version",
+        )
+    if not _API_VERSION.match(api_version) or api_version < _OLDEST_API_VERSION:
+        raise ImdsError(
+            400,
+            "invalid_request",
+            f"Invalid api-version; identity requests need {_OLDEST_API_VERSION} or later",
+            reason="api_version",
+        )
+    resource = query.get("resource", "").strip()
+    if not resource:
+        raise ImdsError(
+            400,
+            "invalid_request",
+            "Required query variable 'resource' is missing",
+            reason="resource",
+        )
+    if len(resource) > _MAX_RESOURCE_LENGTH or not resource.isprintable() or " " in resource:
+        raise ImdsError(
+            400, "invalid_resource", "The resource is not a valid URI", reason="resource"
+        )
+    for selector in _UNSUPPORTED_SELECTORS:
+        if selector in query:
+            raise ImdsError(
+                400,
+                "invalid_request",
+                f"Identity not found: '{selector}' is not supported; workload "
+                "identity selects an identity by client_id (or AZURE_CLIENT_ID "
+                "from the service account's azure.workload.identity/client-id "
+                "annotation)",
+                reason="identity_selector",
+            )
+    client_id = query.get("client_id", "").strip() or default_client_id
+    if client_id is None:
+        raise ImdsError(
+            400,
+            "invalid_request",
+            "Identity not found: no client_id in the request and AZURE_CLIENT_ID "
+            "is not set; annotate the service account with "
+            "azure.workload.identity/client-id",
+            reason="identity_unknown",
+        )
+    if not is_client_id(client_id):
+        raise ImdsError(
+            400,
+            "invalid_request",
+            "Identity not found: client_id must be an application (client) id, a GUID",
+            reason="identity_unknown",
+        )
+    return TokenRequest(resource=resource, key=TokenKey(tenant_id, client_id, scope_for(resource)))
+
+
+def render_token(token: AccessToken, request: TokenRequest, now: float) -> bytes:
+    """The IMDS success body; only the two countdowns are formatted per request."""
+    parts = token.rendered.get(request)
+    if parts is None:
+        parts = token.rendered[request] = _fragments(token, request)
+    head, middle, tail = parts
+    expires_in = max(int(token.expires_on - now), 0)
+    ext_expires_in = max(int(token.ext_expires_on - now), 0)
+    return b"%b%d%b%d%b" % (head, expires_in, middle, ext_expires_in, tail)
+
+
+def _fragments(token: AccessToken, request: TokenRequest) -> tuple[bytes, bytes, bytes]:
+    def s(value: str) -> bytes:
+        return json.dumps(value).encode()
+
+    head = (
+        b'{"access_token":'
+        + s(token.value)
+        + b',"client_id":'
+        + s(request.key.client_id)
+        + b',"expires_in":"'
+    )
+    middle = b'","expires_on":"%d","ext_expires_in":"' % int(token.expires_on)
+    tail = (
+        b'","not_before":"%d","resource":' % int(token.not_before)
+        + s(request.resource)
+        + b',"token_type":'
+        + s(token.token_type)
+        + b"}"
+    )
+    return head, middle, tail
+
+
+def error_for(exc: TokenError) -> ImdsError:
+    """The IMDS answer for a failure to get a token."""
+    if isinstance(exc, EntraRejected):
+        error = "invalid_resource" if exc.aadsts == "500011" else "invalid_request"
+        reason = f"rejected_aadsts{exc.aadsts}" if exc.aadsts else "rejected"
+        return ImdsError(400, error, exc.description, reason=reason)
+    if isinstance(exc, EntraThrottled):
+        return ImdsError(
+            429,
+            "too_many_requests",
+            exc.description,
+            retry_after=exc.retry_after,
+            reason="throttled",
+        )
+    if isinstance(exc, EntraUnavailable):
+        return ImdsError(
+            503,
+            "temporarily_unavailable",
+            exc.description,
+            retry_after=exc.retry_after,
+            reason="unavailable",
+        )
+    if isinstance(exc, CredentialUnavailable):
+        return ImdsError(503, "temporarily_unavailable", exc.description, reason="credential")
+    return ImdsError(500, "unknown_error", exc.description, reason="internal")

@@ -1,0 +1,143 @@
+"""Process lifecycle: build the objects, serve, and stop gracefully on SIGTERM or SIGINT.
+
+Stopping closes the listeners first (no new requests), lets in-flight requests finish
+within the grace period (a token exchange under way still answers its caller), then
+cancels what remains and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+import signal
+import time
+
+import msal
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from proxy import __version__
+from proxy.app import Proxy, create_app
+from proxy.assertion import AssertionSource
+from proxy.config import Settings
+from proxy.forward import Forwarder
+from proxy.logs import get_logger
+from proxy.metrics import ExchangeMetrics, ProxyCollector, RequestMetrics, build_registry
+from proxy.tokens.cache import CachePolicy, TokenCache
+from proxy.tokens.entra import EntraExchange
+from proxy.tokens.errors import CredentialUnavailable
+
+log = get_logger("proxy.server")
+USER_AGENT = (
+    f"imds-oidc-proxy/{__version__} msal/{msal.__version__} python/{platform.python_version()}"
+)
+
+
+def _service_account_expiry(assertion: AssertionSource) -> float | None:
+    try:
+        return assertion.current().expires_at
+    except CredentialUnavailable:
+        return None
+
+
+class ProxyServer:
+    """The proxy as a running service: token listener, metrics listener, background work."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.assertion = AssertionSource(settings.federated_token_file)
+        self.exchange = EntraExchange(
+            settings.authority_host,
+            self.assertion,
+            ca_bundle=settings.ca_bundle,
+            timeout=settings.entra_timeout,
+            user_agent=USER_AGENT,
+        )
+        self.exchange_metrics = ExchangeMetrics()
+        self.cache = TokenCache(
+            self.exchange_metrics.metered(self.exchange),
+            CachePolicy(max_entries=settings.cache_max_entries, rejected_ttl=settings.rejected_ttl),
+        )
+        self.forwarder = Forwarder(settings.imds_upstream)
+        self.proxy = Proxy(settings, self.cache, self.assertion, self.forwarder, RequestMetrics())
+        self.registry = build_registry(
+            ProxyCollector(
+                self.proxy.request_metrics,
+                self.exchange_metrics,
+                self.cache,
+                lambda: _service_account_expiry(self.assertion),
+            )
+        )
+        self._runners: list[web.AppRunner] = []
+        self._prefetch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.forwarder.start()
+        grace = s.shutdown_grace
+        runner = web.AppRunner(
+            create_app(self.proxy), access_log=None, handle_signals=False, shutdown_timeout=grace
+        )
+        await runner.setup()
+        await web.TCPSite(runner, s.host, s.port, shutdown_timeout=grace).start()
+        self._runners.append(runner)
+        if s.metrics_port:
+            metrics = web.AppRunner(
+                self._metrics_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+            )
+            await metrics.setup()
+            await web.TCPSite(metrics, s.metrics_host, s.metrics_port).start()
+            self._runners.append(metrics)
+        log.info(
+            "starting the proxy server",
+            port=s.port,
+            host=s.host,
+            metrics_port=s.metrics_port or None,
+            userAgent=USER_AGENT,
+            tenant_id=s.tenant_id,
+            client_id=s.client_id,
+            authority_host=s.authority_host,
+        )
+        if self.proxy.prefetch_keys:
+            self._prefetch = asyncio.create_task(self.cache.prefetch(self.proxy.prefetch_keys))
+
+    async def stop(self) -> None:
+        started = time.monotonic()
+        for runner in self._runners:  # token listener first: in-flight answers finish
+            await runner.cleanup()
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+        await self.cache.close()
+        await self.forwarder.close()
+        self.exchange.close()
+        log.info("stopped the proxy server", seconds=round(time.monotonic() - started, 3))
+
+    def _metrics_app(self) -> web.Application:
+        registry: CollectorRegistry = self.registry
+
+        async def metrics(request: web.Request) -> web.Response:
+            if request.path != "/metrics" or request.method != "GET":
+                raise web.HTTPNotFound()
+            payload = generate_latest(registry)  # on the loop: the collector reads live state
+            return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", metrics)
+        return app
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    server = ProxyServer(settings)
+    await server.start()
+    try:
+        await stopping.wait()
+        log.info("shutting down", grace_seconds=settings.shutdown_grace)
+    finally:
+        with contextlib.suppress(Exception):
+            await server.stop()

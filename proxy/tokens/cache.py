@@ -1,0 +1,298 @@
+"""The token cache: every app request is answered from here, Entra ID is asked rarely.
+
+A hit is a dictionary lookup and two float comparisons (`lookup`, synchronous, no I/O).
+Everything else happens on a miss (`fetch`) or in the background:
+
+- single flight: concurrent misses for one key share one exchange;
+- refresh ahead: past a jittered point of a token's life (around half of it) the next hit
+  starts a background refresh, so a fleet of sidecars does not refresh in lockstep and
+  callers never wait at expiry;
+- a token with less than a safe margin left is not served while Entra answers; the
+  margin exceeds the five minutes SDKs keep in reserve, so what we hand out stays usable;
+- failures are remembered by kind: Entra's 4xx briefly, 429 until its Retry-After,
+  outages with exponential backoff and jitter, during which a still-valid token is served;
+- bounded: least-recently-used entries are evicted beyond `max_entries`.
+
+The clock and the random source are injected so that tests are deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from proxy.tokens.errors import (
+    EntraRejected,
+    EntraThrottled,
+    EntraUnavailable,
+    TokenError,
+)
+from proxy.tokens.model import AccessToken, TokenKey
+
+Exchange = Callable[[TokenKey], Awaitable[AccessToken]]
+
+log = structlog.get_logger("proxy.cache")
+
+_NEVER = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """When to refresh, when to stop serving, and how long failures are remembered."""
+
+    max_entries: int = 1024
+    refresh_fraction: float = 0.5
+    """Refresh ahead at this fraction of a token's lifetime..."""
+    refresh_jitter: float = 0.1
+    """...plus or minus this fraction, drawn per token."""
+    serve_margin: float = 600.0
+    """Seconds before expiry when a token is no longer served while Entra answers."""
+    outage_floor: float = 5.0
+    """During an outage a token is served until this many seconds before it expires."""
+    rejected_ttl: float = 5.0
+    """How long an Entra 4xx for one key is answered from memory."""
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Plain counters: read at scrape time, so the hot path pays an integer increment."""
+
+    hits: int = 0
+    misses: int = 0
+    refreshes: int = 0
+    exchanges: int = 0
+    exchange_failures: int = 0
+    evictions: int = 0
+    stale_served: int = 0
+    failures_replayed: int = 0
+
+
+class _Entry:
+    """The state of one key. `refresh_at <= stale_at < token.expires_on` while a token is held."""
+
+    __slots__ = (
+        "blocked_until",
+        "failure",
+        "failures",
+        "inflight",
+        "refresh_at",
+        "stale_at",
+        "token",
+    )
+
+    def __init__(self) -> None:
+        self.token: AccessToken | None = None
+        self.refresh_at = _NEVER
+        self.stale_at = _NEVER
+        self.inflight: asyncio.Task[AccessToken] | None = None
+        self.failure: TokenError | None = None
+        self.blocked_until = _NEVER
+        self.failures = 0
+
+
+class TokenCache:
+    """Tokens by (tenant, client id, scope), refreshed ahead and guarded against storms."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        policy: CachePolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._exchange_fn = exchange
+        self.policy = policy or CachePolicy()
+        self._clock = clock
+        self._rand = rand
+        self._entries: OrderedDict[TokenKey, _Entry] = OrderedDict()
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def lookup(self, key: TokenKey) -> AccessToken | None:
+        """A servable token without waiting, or None when the caller must `fetch`."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        if now >= entry.refresh_at:
+            if now >= entry.stale_at:
+                return None
+            self._refresh_in_background(key, entry, now)
+        self._entries.move_to_end(key)
+        self.stats.hits += 1
+        return entry.token
+
+    async def get(self, key: TokenKey) -> AccessToken:
+        """A token for `key`, from memory when possible. Raises `TokenError`."""
+        return self.lookup(key) or await self.fetch(key)
+
+    # -- misses -------------------------------------------------------------------------
+
+    async def fetch(self, key: TokenKey) -> AccessToken:
+        """Join or start the exchange for `key`; remembered failures answer without one."""
+        self.stats.misses += 1
+        entry = self._entry_for(key)
+        task = entry.inflight
+        if task is None:
+            now = self._clock()
+            if entry.failure is not None and now < entry.blocked_until:
+                self.stats.failures_replayed += 1
+                return self._serve_despite(entry, now, _replay(entry.failure, entry, now))
+            task = self._start_exchange(key, entry)
+        try:
+            return await asyncio.shield(task)
+        except (EntraUnavailable, EntraThrottled) as exc:
+            return self._serve_despite(entry, self._clock(), exc)
+
+    async def prefetch(self, keys: Iterable[TokenKey]) -> None:
+        """Fill the cache at start so the first app request is a hit; failures are logged."""
+        wanted = list(keys)
+        results = await asyncio.gather(*(self.fetch(k) for k in wanted), return_exceptions=True)
+        for key, result in zip(wanted, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning(
+                    "prefetch failed", client_id=key.client_id, scope=key.scope, reason=str(result)
+                )
+
+    def holds_valid(self, key: TokenKey) -> bool:
+        """Whether a token for `key` could be served now (for readiness)."""
+        entry = self._entries.get(key)
+        return entry is not None and entry.token is not None and self._clock() < entry.stale_at
+
+    def soonest_expiry(self) -> float | None:
+        """The earliest `expires_on` among cached tokens (for an expiry alert)."""
+        times = [e.token.expires_on for e in self._entries.values() if e.token is not None]
+        return min(times, default=None)
+
+    async def close(self) -> None:
+        """Cancel exchanges still running, at shutdown."""
+        tasks = [e.inflight for e in self._entries.values() if e.inflight is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _entry_for(self, key: TokenKey) -> _Entry:
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry()
+            if len(self._entries) > self.policy.max_entries:
+                self._entries.popitem(last=False)
+                self.stats.evictions += 1
+        else:
+            self._entries.move_to_end(key)
+        return entry
+
+    def _start_exchange(self, key: TokenKey, entry: _Entry) -> asyncio.Task[AccessToken]:
+        task = asyncio.get_running_loop().create_task(self._exchange(key, entry))
+        task.add_done_callback(_retrieve_exception)
+        entry.inflight = task
+        return task
+
+    def _refresh_in_background(self, key: TokenKey, entry: _Entry, now: float) -> None:
+        if entry.inflight is None and now >= entry.blocked_until:
+            self.stats.refreshes += 1
+            self._start_exchange(key, entry)
+
+    async def _exchange(self, key: TokenKey, entry: _Entry) -> AccessToken:
+        self.stats.exchanges += 1
+        try:
+            token = await self._exchange_fn(key)
+        except TokenError as exc:
+            self._remember_failure(key, entry, exc)
+            raise
+        except Exception as exc:  # a bug below us must not poison the key forever
+            log.exception("token exchange crashed", client_id=key.client_id, scope=key.scope)
+            failure = EntraUnavailable(
+                f"internal error in the token exchange ({type(exc).__name__})"
+            )
+            self._remember_failure(key, entry, failure)
+            raise failure from None
+        finally:
+            entry.inflight = None
+        self._store(entry, token)
+        return token
+
+    def _store(self, entry: _Entry, token: AccessToken) -> None:
+        policy = self.policy
+        lifetime = max(token.lifetime, 0.0)
+        # Short-lived tokens keep a proportional margin, so they are still served (and not
+        # fetched again on every request) for most of their life.
+        entry.stale_at = token.expires_on - min(policy.serve_margin, lifetime / 4)
+        share = policy.refresh_fraction + policy.refresh_jitter * (2 * self._rand() - 1)
+        entry.refresh_at = min(token.obtained_at + lifetime * share, entry.stale_at)
+        entry.token = token
+        entry.failure = None
+        entry.failures = 0
+        entry.blocked_until = _NEVER
+
+    def _remember_failure(self, key: TokenKey, entry: _Entry, exc: TokenError) -> None:
+        now = self._clock()
+        self.stats.exchange_failures += 1
+        entry.failure = exc
+        if isinstance(exc, EntraRejected):
+            entry.blocked_until = now + self.policy.rejected_ttl
+        elif isinstance(exc, EntraThrottled):
+            entry.blocked_until = now + exc.retry_after
+        elif isinstance(exc, EntraUnavailable):
+            entry.failures += 1
+            delay = self._backoff(entry.failures)
+            entry.blocked_until = now + max(delay, exc.retry_after or 0.0)
+        else:  # local problems (the service-account token file) are re-checked at once
+            entry.blocked_until = _NEVER
+        serving = entry.token is not None and now < entry.token.expires_on
+        log.warning(
+            "token exchange failed",
+            failure=exc.kind,
+            aadsts=getattr(exc, "aadsts", None),
+            client_id=key.client_id,
+            scope=key.scope,
+            reason=exc.description,
+            retry_in=round(max(entry.blocked_until - now, 0.0), 3),
+            serving_cached_token=serving,
+        )
+
+    def _backoff(self, failures: int) -> float:
+        """Exponential backoff with jitter in [half, full] of the step (decorrelates fleets)."""
+        step = min(self.policy.backoff_cap, self.policy.backoff_base * 2.0 ** (failures - 1))
+        return step * (0.5 + self._rand() / 2)
+
+    def _serve_despite(self, entry: _Entry, now: float, exc: TokenError) -> AccessToken:
+        """During an outage or throttling a still-valid token beats an error."""
+        token = entry.token
+        transient = isinstance(exc, EntraUnavailable | EntraThrottled)
+        if transient and token is not None and now < token.expires_on - self.policy.outage_floor:
+            self.stats.stale_served += 1
+            return token
+        raise exc
+
+
+def _replay(failure: TokenError, entry: _Entry, now: float) -> TokenError:
+    """The remembered failure, with Retry-After counting down to when a call is allowed."""
+    remaining = max(entry.blocked_until - now, 0.0)
+    if isinstance(failure, EntraThrottled):
+        return EntraThrottled(failure.description, retry_after=remaining)
+    if isinstance(failure, EntraUnavailable):
+        return EntraUnavailable(failure.description, retry_after=remaining)
+    return failure
+
+
+def _retrieve_exception(task: asyncio.Task[AccessToken]) -> None:
+    """Background refreshes have no waiter; their failure is already logged."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,63 @@
+"""The few ways getting a token can fail.
+
+Failures are typed so that each layer decides by kind, not by parsing text: the cache
+chooses its retry policy from the class, and `proxy.imds` alone turns a class into an
+HTTP status and an IMDS error body. Messages never carry a token or an assertion.
+"""
+
+from __future__ import annotations
+
+
+class TokenError(Exception):
+    """Base of every failure to produce a token; `description` is safe to show callers."""
+
+    kind = "error"
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+class EntraRejected(TokenError):
+    """Entra ID answered 4xx: the request or the identity's configuration is wrong.
+
+    Retrying at once gives the same answer, so the cache remembers it briefly.
+    """
+
+    kind = "rejected"
+
+    def __init__(self, error: str, description: str, aadsts: str | None, status: int) -> None:
+        super().__init__(description)
+        self.error = error
+        self.aadsts = aadsts
+        self.status = status
+
+
+class EntraThrottled(TokenError):
+    """Entra ID answered 429: no call for this identity before `retry_after` seconds."""
+
+    kind = "throttled"
+
+    def __init__(self, description: str, retry_after: float) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+class EntraUnavailable(TokenError):
+    """Entra ID could not be reached, timed out or answered 5xx: transient, back off."""
+
+    kind = "unavailable"
+
+    def __init__(self, description: str, retry_after: float | None = None) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+class CredentialUnavailable(TokenError):
+    """The pod's service-account token is missing, empty, malformed or expired.
+
+    Local and cheap to re-check (kubelet may be about to write it), so nothing is
+    remembered: the next request looks at the file again.
+    """
+
+    kind = "credential"
