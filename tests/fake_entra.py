@@ -1,0 +1,270 @@
+"""Test-side handle on the local issuer (``python -m proxy.devissuer``) run as a subprocess.
+
+End-to-end tests and benchmarks need a fake Entra ID that lives in its own process (its
+CPU and event loop must not be the proxy's) and that they can steer. ``FakeEntra`` starts
+it, waits for its one JSON line and wraps the ``/_control`` API; every call has a timeout.
+
+Fixtures, for test modules to import *both* names::
+
+    from tests.fake_entra import fake_entra, fake_entra_process  # noqa: F401
+
+``fake_entra_process`` (module scope) is one issuer process per test module;
+``fake_entra`` (function scope) is that same process after ``reset()``, so each test starts
+from default behaviour, zeroed counters and the original federated credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytest
+import requests
+
+from proxy.devissuer.server import LocalIssuer
+
+START_TIMEOUT = 30.0
+CONTROL_TIMEOUT = 10.0
+
+
+class FakeEntraError(RuntimeError):
+    """The issuer did not start, or a control call failed."""
+
+
+class FakeEntra:
+    """One local issuer process and its control API.
+
+    ``prefix`` runs the issuer under another command, e.g. ``["ip", "netns", "exec", NS]``;
+    then pass ``host``/``advertise_host`` addresses the test process can reach. Its stderr
+    goes to ``<workdir>/issuer.log``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        prefix: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        advertise_host: str | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.command = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "proxy.devissuer",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workdir",
+            str(self.workdir),
+            *(["--advertise-host", advertise_host] if advertise_host else []),
+            *extra_args,
+        ]
+        self._env = env
+        self._start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._info: LocalIssuer | None = None
+        self._session: requests.Session | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> FakeEntra:
+        """Start the process and wait (bounded) for its JSON line."""
+        if self._proc is not None:
+            raise FakeEntraError("already started")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if self._env is None else self._env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        try:
+            line = self._read_line(self._start_timeout)
+            self._info = LocalIssuer.from_json(json.loads(line))
+        except Exception:
+            self.stop()
+            raise
+        session = requests.Session()
+        session.trust_env = False  # no proxies, no REQUESTS_CA_BUNDLE override
+        session.verify = self._info.ca_bundle
+        self._session = session
+        return self
+
+    def _read_line(self, timeout: float) -> str:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while b"\n" not in buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FakeEntraError(f"issuer did not start within {timeout:g}s{self._log_tail()}")
+            ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    code = self._proc.wait(timeout=5)
+                    raise FakeEntraError(f"issuer exited with {code}{self._log_tail()}")
+                buf += chunk
+        return buf.split(b"\n", 1)[0].decode()
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(errors="replace")[-2000:]
+            return f"; log tail:\n{text}" if text else ""
+        return ""
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if needed; returns the exit code (None if never started)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return proc.returncode
+
+    def __enter__(self) -> FakeEntra:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- coordinates ---------------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "issuer.log"
+
+    @property
+    def info(self) -> LocalIssuer:
+        if self._info is None:
+            raise FakeEntraError("not started")
+        return self._info
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise FakeEntraError("not started")
+        return self._proc.pid
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.info.authority_host}{self.info.tenant_id}/oauth2/v2.0/token"
+
+    def env(self) -> dict[str, str]:
+        """The proxy's environment: ``AZURE_*`` and ``REQUESTS_CA_BUNDLE``."""
+        return self.info.proxy_environment()
+
+    # -- control API -------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        if self._session is None:
+            raise FakeEntraError("not started")
+        url = f"{self.info.control_url}/{path}"
+        resp = self._session.request(method, url, json=body, timeout=CONTROL_TIMEOUT)
+        if resp.status_code != 200:
+            raise FakeEntraError(f"{method} {path}: {resp.status_code} {resp.text[:500]}")
+        return resp.json()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``token_requests`` {total, by_outcome, by_client_id, by_scope,
+        in_flight, max_in_flight}, ``openid_config_requests``, ``jwks_requests``."""
+        result: dict[str, Any] = self._call("GET", "stats")
+        return result
+
+    def behave(self, **knobs: Any) -> dict[str, Any]:
+        """Set knobs: delay, mode ("normal"|"throttle"|"fail"), retry_after, status,
+        token_lifetime, unknown_resources, count (mode applies to the next N requests)."""
+        result: dict[str, Any] = self._call("POST", "behaviour", knobs)
+        return result
+
+    def reset(self) -> dict[str, Any]:
+        """Counters, behaviour and federated credentials back to their start values."""
+        result: dict[str, Any] = self._call("POST", "reset", {})
+        return result
+
+    def rotate(
+        self, *, lifetime: float | None = None, subject: str | None = None
+    ) -> dict[str, Any]:
+        """Write a new projected token atomically (same path, new ``..data`` target)."""
+        body: dict[str, Any] = {}
+        if lifetime is not None:
+            body["lifetime"] = lifetime
+        if subject is not None:
+            body["subject"] = subject
+        result: dict[str, Any] = self._call("POST", "rotate", body)
+        return result
+
+    def set_federated_credentials(
+        self, credentials: Sequence[Mapping[str, Any]], *, client_id: str | None = None
+    ) -> dict[str, Any]:
+        """Replace a client's credentials (``[{"issuer", "subject", "audiences"?}]``);
+        default client: the main one. ``[]`` removes them all (AADSTS70021)."""
+        body = {"client_id": client_id or self.info.client_id, "credentials": list(credentials)}
+        result: dict[str, Any] = self._call("POST", "federated-credentials", body)
+        return result
+
+    def matching_credential(self, **overrides: Any) -> dict[str, Any]:
+        """The credential that matches the written token, with ``overrides`` applied."""
+        return {
+            "issuer": self.info.service_account_issuer,
+            "subject": self.info.service_account_subject,
+            "audiences": [self.info.audience],
+            **overrides,
+        }
+
+    def mint_assertion(self, **claims: Any) -> str:
+        """A service-account token signed by the cluster key but not written anywhere;
+        ``issuer``, ``subject``, ``audience``, ``lifetime``, ``issued_at`` are optional."""
+        result: dict[str, str] = self._call("POST", "service-account-token", claims)
+        return result["token"]
+
+
+@pytest.fixture(scope="module")
+def fake_entra_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeEntra]:
+    """One issuer process per test module."""
+    with FakeEntra(tmp_path_factory.mktemp("fake-entra")) as entra:
+        yield entra
+
+
+@pytest.fixture
+def fake_entra(fake_entra_process: FakeEntra) -> FakeEntra:
+    """The module's issuer, reset to defaults for this test."""
+    fake_entra_process.reset()
+    return fake_entra_process
