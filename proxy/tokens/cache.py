@@ -152,7 +152,7 @@ class TokenCache:
             if entry.failure is not None and now < entry.blocked_until:
                 self.stats.failures_replayed += 1
                 return self._serve_despite(entry, now, _replay(entry.failure, entry, now))
-            task = self._start_exchange(key, entry)
+            task = self._start_exchange(key, entry, "request")
         try:
             return await asyncio.shield(task)
         except (EntraUnavailable, EntraThrottled) as exc:
@@ -198,8 +198,10 @@ class TokenCache:
             self._entries.move_to_end(key)
         return entry
 
-    def _start_exchange(self, key: TokenKey, entry: _Entry) -> asyncio.Task[AccessToken]:
-        task = asyncio.get_running_loop().create_task(self._exchange(key, entry))
+    def _start_exchange(
+        self, key: TokenKey, entry: _Entry, trigger: str
+    ) -> asyncio.Task[AccessToken]:
+        task = asyncio.get_running_loop().create_task(self._exchange(key, entry, trigger))
         task.add_done_callback(_retrieve_exception)
         entry.inflight = task
         return task
@@ -207,9 +209,9 @@ class TokenCache:
     def _refresh_in_background(self, key: TokenKey, entry: _Entry, now: float) -> None:
         if entry.inflight is None and now >= entry.blocked_until:
             self.stats.refreshes += 1
-            self._start_exchange(key, entry)
+            self._start_exchange(key, entry, "refresh")
 
-    async def _exchange(self, key: TokenKey, entry: _Entry) -> AccessToken:
+    async def _exchange(self, key: TokenKey, entry: _Entry, trigger: str) -> AccessToken:
         self.stats.exchanges += 1
         try:
             token = await self._exchange_fn(key)
@@ -226,6 +228,14 @@ class TokenCache:
         finally:
             entry.inflight = None
         self._store(entry, token)
+        log.info(
+            "successfully acquired token",
+            client_id=key.client_id,
+            scope=key.scope,
+            expires_on=int(token.expires_on),
+            refresh_at=int(entry.refresh_at),
+            trigger=trigger,
+        )
         return token
 
     def _store(self, entry: _Entry, token: AccessToken) -> None:

@@ -112,20 +112,24 @@ class RecordingHttpClient:
 
     def __init__(self, verify: bool | str, timeout: float, user_agent: str | None = None) -> None:
         self._session = requests.Session()
-        self._session.verify = verify
+        self._verify = verify
         if user_agent:
             self._session.headers["User-Agent"] = user_agent
         self._timeout = timeout
         self._local = threading.local()
 
     def post(self, url: str, **kwargs: Any) -> requests.Response:
-        return self._record(self._session.post(url, timeout=self._timeout, **kwargs))
+        return self._record(self._session.post(url, **self._options(kwargs)))
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
-        return self._record(self._session.get(url, timeout=self._timeout, **kwargs))
+        return self._record(self._session.get(url, **self._options(kwargs)))
 
     def close(self) -> None:
         self._session.close()
+
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # `verify` per request: requests lets REQUESTS_CA_BUNDLE override a session's.
+        return {**kwargs, "timeout": self._timeout, "verify": self._verify}
 
     def last_response(self) -> tuple[int | None, str | None]:
         return getattr(self._local, "status", None), getattr(self._local, "retry_after", None)
