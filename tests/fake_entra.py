@@ -4,9 +4,13 @@ End-to-end tests and benchmarks need a fake Entra ID that lives in its own proce
 CPU and event loop must not be the proxy's) and that they can steer. ``FakeEntra`` starts
 it, waits for its one JSON line and wraps the ``/_control`` API; every call has a timeout.
 
-Fixtures, for test modules to import *both* names::
+Fixtures ``fake_entra`` and ``fake_entra_process``: a conftest imports them by those names;
+a test module imports *both* under their ``*_fixture`` names (so its test parameters do
+not shadow an import, which ruff reports as F811)::
 
-    from tests.fake_entra import fake_entra, fake_entra_process  # noqa: F401
+    from tests.fake_entra import fake_entra_fixture, fake_entra_process_fixture  # noqa: F401
+
+    def test_something(fake_entra: FakeEntra) -> None: ...
 
 ``fake_entra_process`` (module scope) is one issuer process per test module;
 ``fake_entra`` (function scope) is that same process after ``reset()``, so each test starts
@@ -256,15 +260,21 @@ class FakeEntra:
         return result["token"]
 
 
-@pytest.fixture(scope="module")
-def fake_entra_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeEntra]:
+@pytest.fixture(scope="module", name="fake_entra_process")
+def fake_entra_process_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeEntra]:
     """One issuer process per test module."""
     with FakeEntra(tmp_path_factory.mktemp("fake-entra")) as entra:
         yield entra
 
 
-@pytest.fixture
-def fake_entra(fake_entra_process: FakeEntra) -> FakeEntra:
+@pytest.fixture(name="fake_entra")
+def fake_entra_fixture(fake_entra_process: FakeEntra) -> FakeEntra:
     """The module's issuer, reset to defaults for this test."""
     fake_entra_process.reset()
     return fake_entra_process
+
+
+fake_entra_process = fake_entra_process_fixture
+"""Importable under the fixture's own name, e.g. by a conftest (where no parameter shadows it)."""
+fake_entra = fake_entra_fixture
+"""Importable under the fixture's own name, e.g. by a conftest (where no parameter shadows it)."""
