@@ -8,12 +8,14 @@ import pytest
 
 from init.settings import Settings, SettingsError, from_env
 
+UPSTREAM_METADATA_IP = "169.254.169.254"
+
 
 def test_defaults_are_upstreams() -> None:
     settings = from_env({})
     assert settings == Settings(
         proxy_port=8000,
-        metadata_ip=ipaddress.IPv4Address("169.254.169.254"),
+        metadata_ip=ipaddress.IPv4Address(UPSTREAM_METADATA_IP),
         metadata_port=80,
         proxy_uid=1501,
         backend=None,
