@@ -1,0 +1,35 @@
+"""Shared fixtures: the fake Entra ID process and the real proxy process against it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fake_entra import FakeEntra, fake_entra_fixture  # noqa: F401
+from tests.proxy_process import FakeImds, ProxyProcess, running_proxy
+
+SECOND_CLIENT_ID = "0b8f3c1e-6a2d-4d7e-9f10-3c4b5a6d7e8f"
+"""A second app registration trusting the same service account (user-assigned tests)."""
+
+
+@pytest.fixture(scope="module")
+def fake_entra_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeEntra]:
+    """One fake Entra ID process per test module, knowing two client ids."""
+    workdir = tmp_path_factory.mktemp("fake-entra")
+    with FakeEntra(workdir, extra_args=["--extra-client-id", SECOND_CLIENT_ID]) as entra:
+        yield entra
+
+
+@pytest.fixture
+def fake_imds() -> Iterator[FakeImds]:
+    with FakeImds() as imds:
+        yield imds
+
+
+@pytest.fixture
+def proxy(fake_entra: FakeEntra, fake_imds: FakeImds, tmp_path: Path) -> Iterator[ProxyProcess]:
+    """The real proxy process, configured as the webhook would, against the fake Entra ID."""
+    with running_proxy(fake_entra.env(), tmp_path, imds_upstream=fake_imds.url) as process:
+        yield process
