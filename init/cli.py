@@ -19,7 +19,7 @@ exit codes:
   0  done (--check: the installed rules match exactly)
   1  --check: the rules are missing or differ
   2  invalid environment variable or command line
-  3  not permitted: not root, or no CAP_NET_ADMIN
+  3  not permitted: not root, or no CAP_NET_ADMIN (iptables-legacy also needs CAP_NET_RAW)
   4  no usable iptables binary on PATH
   5  preflight failed: loopback down or no route to METADATA_IP
   6  iptables-save/-restore failed for another reason
@@ -78,7 +78,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except _Failure as exc:
         return _fail(exc.code, str(exc))
     except IptablesPermissionDenied as exc:
-        return _fail(EXIT_PERMISSION, f"{exc} (run as root with CAP_NET_ADMIN)")
+        return _fail(
+            EXIT_PERMISSION,
+            f"{exc} (needs root with CAP_NET_ADMIN; iptables-legacy also needs CAP_NET_RAW)",
+        )
     except IptablesNotFound as exc:
         return _fail(EXIT_NO_IPTABLES, str(exc))
     except IptablesError as exc:

@@ -6,6 +6,7 @@ a redirect installed with the wrong one can silently lose to rules in the other.
 follows kube-proxy's iptables-wrapper and istio: ``IPTABLES_BACKEND`` forces one; otherwise the
 backend that already holds more rules wins (nft on a tie), and with no rules anywhere
 ``iptables-nft`` if it works, else ``iptables-legacy``, else whatever plain ``iptables`` is.
+A backend that cannot even be read here (e.g. legacy without CAP_NET_RAW) does not count.
 
 Binaries are looked up on ``PATH`` only, as a shell script would.
 """
@@ -92,9 +93,9 @@ def rule_count(iptables: Iptables) -> int | None:
     """How many rules the backend holds in all its tables; None when it does not work here."""
     try:
         text = _run([iptables.save], stdin=None)
-    except IptablesPermissionDenied:
-        raise
     except IptablesError:
+        # Permission errors included: iptables-legacy also needs CAP_NET_RAW, which a container
+        # given only NET_ADMIN lacks, and that must not stop nft from being used.
         return None
     return sum(1 for line in text.splitlines() if line.startswith("-A "))
 

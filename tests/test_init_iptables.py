@@ -139,14 +139,14 @@ def test_restore_feeds_the_transaction_on_stdin_with_noflush(tmp_path: Path) -> 
     assert log.read_text() == "--noflush --wait=5\n*nat\nCOMMIT\n"
 
 
-def test_failed_probe_means_backend_does_not_work_but_permission_is_raised(tmp_path: Path) -> None:
+def test_a_backend_that_fails_to_save_does_not_work_here(tmp_path: Path) -> None:
     broken = _fake_binary(tmp_path, "broken-save", 'echo "no nf_tables" >&2; exit 1')
     assert rule_count(Iptables("nft", broken, broken)) is None
     ok = _fake_binary(tmp_path, "ok-save", 'printf "*nat\\n-A OUTPUT -j ACCEPT\\n-A X -j Y\\n"')
     assert rule_count(Iptables("nft", ok, ok)) == 2
-    denied = _fake_binary(tmp_path, "denied-save", 'echo "Operation not permitted" >&2; exit 1')
-    with pytest.raises(IptablesPermissionDenied):
-        rule_count(Iptables("nft", denied, denied))
+    # As iptables-legacy without CAP_NET_RAW: nft may still work, so this is not fatal.
+    denied = _fake_binary(tmp_path, "denied-save", 'echo "Permission denied" >&2; exit 4')
+    assert rule_count(Iptables("legacy", denied, denied)) is None
 
 
 @pytest.mark.parametrize(

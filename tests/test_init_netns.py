@@ -338,6 +338,21 @@ def test_root_without_net_admin_exits_3(net: PodNetwork, backend: str) -> None:
     assert "uid 0 lacks CAP_NET_ADMIN" in _single_error_line(done)
 
 
+def test_net_admin_without_net_raw_is_enough_for_nft(net: PodNetwork) -> None:
+    """A container with ``drop: [ALL]`` and ``add: [NET_ADMIN]``, as in many pod specs."""
+    if not iptables_available("nft"):
+        pytest.skip("iptables-nft not installed")
+    only_net_admin = [SETPRIV, "--bounding-set=-all,+net_admin", "--inh-caps=-all", "--"]
+    argv = [*only_net_admin, sys.executable, "-m", "init"]
+    done = net.pod.run(argv, env=init_env(None), check=False)
+    assert done.returncode == cli.EXIT_OK, done.stdout + done.stderr
+    assert "installed with iptables-nft" in done.stdout
+    if iptables_available("legacy"):
+        done = net.pod.run(argv, env=init_env("legacy"), check=False)
+        assert done.returncode == cli.EXIT_PERMISSION
+        assert "iptables-legacy also needs CAP_NET_RAW" in _single_error_line(done)
+
+
 def test_no_iptables_binary_exits_4(net: PodNetwork, backend: str, tmp_path: Path) -> None:
     done = run_init(net.pod, env={**init_env(backend), "PATH": str(tmp_path)})
     assert done.returncode == cli.EXIT_NO_IPTABLES
