@@ -85,7 +85,9 @@ def add_control_routes(app: web.Application, state: IssuerState) -> None:
 
     async def reset(_: web.Request) -> web.Response:
         state.reset()
-        return web.json_response({"stats": state.stats.to_json(), **_behaviour(state)})
+        return web.json_response(
+            {"stats": state.stats.to_json(), "behaviour": state.behaviour.to_json()}
+        )
 
     async def rotate(request: web.Request) -> web.Response:
         """Mint and atomically write a new projected token (optional ``lifetime``, ``subject``)."""
@@ -163,7 +165,3 @@ def add_control_routes(app: web.Application, state: IssuerState) -> None:
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, _guarded(handler))
-
-
-def _behaviour(state: IssuerState) -> dict[str, Any]:
-    return {"behaviour": state.behaviour.to_json()}
