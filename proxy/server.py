@@ -29,6 +29,9 @@ from proxy.tokens.entra import EntraExchange
 from proxy.tokens.errors import CredentialUnavailable
 
 log = get_logger("proxy.server")
+SA_CHECK_INTERVAL = 30.0
+SA_EXPIRY_WARNING = 600.0
+"""kubelet rotates at 80% of the token's life (12 minutes before a 1-hour token expires)."""
 USER_AGENT = (
     f"imds-oidc-proxy/{__version__} msal/{msal.__version__} python/{platform.python_version()}"
 )
@@ -70,7 +73,7 @@ class ProxyServer:
             )
         )
         self._runners: list[web.AppRunner] = []
-        self._prefetch: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -100,18 +103,40 @@ class ProxyServer:
             authority_host=s.authority_host,
         )
         if self.proxy.prefetch_keys:
-            self._prefetch = asyncio.create_task(self.cache.prefetch(self.proxy.prefetch_keys))
+            self._background.append(
+                asyncio.create_task(self.cache.prefetch(self.proxy.prefetch_keys))
+            )
+        self._background.append(asyncio.create_task(self._watch_service_account()))
 
     async def stop(self) -> None:
         started = time.monotonic()
         for runner in self._runners:  # token listener first: in-flight answers finish
             await runner.cleanup()
-        if self._prefetch is not None:
-            self._prefetch.cancel()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.cache.close()
         await self.forwarder.close()
         self.exchange.close()
         log.info("stopped the proxy server", seconds=round(time.monotonic() - started, 3))
+
+    async def _watch_service_account(self) -> None:
+        """Warn before the pod loses its identity: kubelet should rotate the token long
+        before it expires, so one close to expiry (or gone) means something is wrong."""
+        while True:
+            try:
+                expires_at = (await asyncio.to_thread(self.assertion.current)).expires_at
+            except CredentialUnavailable as exc:
+                log.warning("service-account token unavailable", reason=exc.description)
+            else:
+                left = None if expires_at is None else expires_at - time.time()
+                if left is not None and left < SA_EXPIRY_WARNING:
+                    log.warning(
+                        "service-account token expires soon",
+                        seconds_left=int(left),
+                        path=self.settings.federated_token_file,
+                    )
+            await asyncio.sleep(SA_CHECK_INTERVAL)
 
     def _metrics_app(self) -> web.Application:
         registry: CollectorRegistry = self.registry

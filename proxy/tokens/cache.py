@@ -55,7 +55,8 @@ class CachePolicy:
     serve_margin: float = 600.0
     """Seconds before expiry when a token is no longer served while Entra answers."""
     outage_floor: float = 5.0
-    """During an outage a token is served until this many seconds before it expires."""
+    """During an outage a token is served until this many seconds (at most a tenth of its
+    lifetime) before it expires."""
     rejected_ttl: float = 5.0
     """How long an Entra 4xx for one key is answered from memory."""
     backoff_base: float = 1.0
@@ -285,8 +286,11 @@ class TokenCache:
     def _serve_despite(self, entry: _Entry, now: float, exc: TokenError) -> AccessToken:
         """During an outage or throttling a still-valid token beats an error."""
         token = entry.token
-        transient = isinstance(exc, EntraUnavailable | EntraThrottled)
-        if transient and token is not None and now < token.expires_on - self.policy.outage_floor:
+        if (
+            isinstance(exc, EntraUnavailable | EntraThrottled)
+            and token is not None
+            and now < token.expires_on - min(self.policy.outage_floor, token.lifetime / 10)
+        ):
             self.stats.stale_served += 1
             return token
         raise exc
