@@ -107,18 +107,25 @@ class Netns:
         *,
         user: int | None = None,
         env: Mapping[str, str] | None = None,
+        log: Path | None = None,
     ) -> subprocess.Popen[str]:
-        """Start a long-running process here; it is stopped when the namespace is removed."""
-        proc = subprocess.Popen(
-            self.argv(argv, user),
-            env=None if env is None else dict(env),
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        """Start a long-running process here; it is stopped when the namespace is removed.
+
+        Its output goes to a pipe (read it, e.g. with wait_for_line), or to ``log`` for a
+        process that talks a lot and is never read from.
+        """
+        with contextlib.ExitStack() as files:
+            output = files.enter_context(open(log, "ab")) if log else subprocess.PIPE
+            proc = subprocess.Popen(
+                self.argv(argv, user),
+                env=None if env is None else dict(env),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
         self._started.append(proc)
         return proc
 
@@ -236,12 +243,17 @@ print("ready", flush=True)
 threading.Event().wait()
 """
 
-# GET a URL with no proxy from the environment; print the body, or "ERROR ..." and exit 1.
+# GET a URL (argv: url, timeout, then "Name: value" headers) with no proxy from the
+# environment; print the body, or "ERROR ..." and exit 1.
 _CLIENT = r"""
 import sys, urllib.request
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+request = urllib.request.Request(sys.argv[1])
+for header in sys.argv[3:]:
+    name, value = header.split(":", 1)
+    request.add_header(name.strip(), value.strip())
 try:
-    with opener.open(sys.argv[1], timeout=float(sys.argv[2])) as response:
+    with opener.open(request, timeout=float(sys.argv[2])) as response:
         print(response.read().decode())
 except Exception as exc:
     print(f"ERROR {type(exc).__name__}: {exc}")
@@ -287,11 +299,17 @@ def wait_for_line(proc: subprocess.Popen[str], expected: str, timeout: float = T
 
 
 def http_get(
-    ns: Netns, url: str, *, user: int | None = None, timeout: float = 5.0
+    ns: Netns,
+    url: str,
+    *,
+    user: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
 ) -> dict[str, Any]:
     """GET ``url`` from inside ``ns`` (as ``user``); the JSON body, or {"error": ...}."""
+    header_args = [f"{name}: {value}" for name, value in (headers or {}).items()]
     done = ns.run(
-        [sys.executable, "-c", _CLIENT, url, str(timeout)],
+        [sys.executable, "-c", _CLIENT, url, str(timeout), *header_args],
         user=user,
         check=False,
         timeout=timeout + TIMEOUT,

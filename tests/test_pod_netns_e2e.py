@@ -1,0 +1,165 @@
+"""The real pod, end to end, in network namespaces the test creates (root only).
+
+Inside the pod namespace, as a mutated pod would have it: the init program's redirect, the
+real proxy (``python -m proxy --proxy-port 8000``, uid/gid 1501, the webhook's environment),
+and a fake Entra ID on the pod's loopback. Next door, the imds namespace owns the metadata
+address with a fake IMDS. Unmodified clients in the pod, with no endpoint override, call the
+metadata address itself and must get a token that the fake Entra ID issued; other metadata
+paths must come back from the fake IMDS through the proxy (the proxy's uid is exempt from the
+redirect, so its forwarding does not loop back to itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from init import cli
+from tests.fake_entra import FakeEntra
+from tests.jwt_claims import claims
+from tests.netns import (
+    BACKENDS,
+    METADATA_IP,
+    PROXY_PORT,
+    PROXY_UID,
+    PodNetwork,
+    http_get,
+    init_env,
+    pod_network,
+    requires_root,
+    run_init,
+    start_fake_imds,
+)
+
+pytestmark = requires_root
+
+APP_UID = 1000
+ARM = "https://management.azure.com"
+VAULT = "https://vault.azure.net"
+TOKEN_URL = f"http://{METADATA_IP}/metadata/identity/oauth2/token?api-version=2018-02-01"
+INSTANCE_URL = f"http://{METADATA_IP}/metadata/instance?api-version=2021-02-01"
+# An app container's environment: nothing that points a client anywhere but the metadata
+# address (no AZURE_*, no *_PROXY, no IDENTITY_ENDPOINT).
+APP_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
+
+_AZURE_IDENTITY = r"""
+import json, sys
+from azure.identity import ManagedIdentityCredential
+token = ManagedIdentityCredential().get_token(sys.argv[1] + "/.default")
+print(json.dumps({"token": token.token, "expires_on": token.expires_on}))
+"""
+
+
+@dataclass
+class Pod:
+    net: PodNetwork
+    entra: FakeEntra
+    backend: str
+    proxy_log: Path
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def pod(request: pytest.FixtureRequest) -> Iterator[Pod]:
+    backend: str = request.param
+    # Readable by uid 1501: the proxy reads the CA bundle and the projected token from here.
+    workdir = Path(tempfile.mkdtemp(prefix="azwi-e2e-"))
+    workdir.chmod(0o755)
+    try:
+        with pod_network() as net:
+            start_fake_imds(net)
+            init = run_init(net.pod, env=init_env(backend))
+            assert init.returncode == cli.EXIT_OK, init.stdout + init.stderr
+            with FakeEntra(workdir / "entra", prefix=net.pod.argv([])) as entra:
+                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **entra.env()}
+                env["PYTHONUNBUFFERED"] = "1"
+                log = workdir / "proxy.log"
+                proxy = [sys.executable, "-m", "proxy", f"--proxy-port={PROXY_PORT}"]
+                net.pod.popen(proxy, user=PROXY_UID, env=env, log=log)
+                # What the webhook's postStart hook runs before the app container starts.
+                probe = [sys.executable, "-m", "proxy", "--probe", f"--proxy-port={PROXY_PORT}"]
+                ready = net.pod.run(probe, user=PROXY_UID, env=env, check=False, timeout=30)
+                assert ready.returncode == 0, ready.stderr + log.read_text(errors="replace")
+                yield Pod(net=net, entra=entra, backend=backend, proxy_log=log)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def assert_issued(pod: Pod, token: str, audience: str) -> None:
+    got = claims(token)
+    assert got["aud"] == audience
+    assert got["appid"] == pod.entra.info.client_id
+    assert got["tid"] == pod.entra.info.tenant_id
+
+
+def test_the_redirect_is_installed(pod: Pod) -> None:
+    done = run_init(pod.net.pod, "--check", env=init_env(pod.backend))
+    assert done.returncode == cli.EXIT_OK, done.stdout + done.stderr
+
+
+def test_curl_gets_a_token_from_the_metadata_address(pod: Pod) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed (Debian package curl)")
+    argv = ["curl", "-sS", "--noproxy", "*", "--max-time", "15", "-H", "Metadata: true"]
+    done = pod.net.pod.run(
+        [*argv, f"{TOKEN_URL}&resource={ARM}"], user=APP_UID, env=APP_ENV, timeout=30
+    )
+    body: dict[str, Any] = json.loads(done.stdout)
+    assert body["token_type"] == "Bearer"
+    assert body["resource"] == ARM
+    assert int(body["expires_in"]) > 0
+    assert_issued(pod, body["access_token"], ARM)
+
+
+def test_plain_python_http_gets_a_token_from_the_metadata_address(pod: Pod) -> None:
+    body = http_get(
+        pod.net.pod,
+        f"{TOKEN_URL}&resource={VAULT}",
+        user=APP_UID,
+        headers={"Metadata": "true"},
+        timeout=15,
+    )
+    assert "error" not in body, body
+    assert_issued(pod, body["access_token"], VAULT)
+
+
+def test_azure_identity_managed_identity_credential_without_override(pod: Pod) -> None:
+    done = pod.net.pod.run(
+        [sys.executable, "-c", _AZURE_IDENTITY, ARM],
+        user=APP_UID,
+        env=APP_ENV,
+        timeout=60,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert_issued(pod, result["token"], ARM)
+    assert result["expires_on"] > 0
+
+
+def forwarded(pod: Pod) -> list[dict[str, Any]]:
+    """The proxy's log lines for metadata requests it passed on to the IMDS."""
+    lines = pod.proxy_log.read_text(errors="replace").splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    return [r for r in records if r.get("event") == "forwarded metadata request"]
+
+
+def test_other_metadata_is_forwarded_to_the_real_imds(pod: Pod) -> None:
+    before = len(forwarded(pod))
+    body = http_get(
+        pod.net.pod, INSTANCE_URL, user=APP_UID, headers={"Metadata": "true"}, timeout=15
+    )
+    assert "error" not in body, body
+    # It went through the proxy (the app's connection was redirected)...
+    assert len(forwarded(pod)) == before + 1, pod.proxy_log.read_text()
+    # The fake IMDS answered on port 80: the proxy's own request (uid 1501) was not
+    # redirected back to the proxy.
+    assert body["served_by"] == "imds"
+    assert body["port"] == 80
+    assert body["compute"] == {"name": "fake-imds-vm", "location": "netnsland"}
