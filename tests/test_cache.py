@@ -571,12 +571,6 @@ async def test_success_resets_the_backoff(exchange: FakeExchange, clock: FakeClo
     assert replayed.value.retry_after == pytest.approx(1.0), "back to the first step"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TokenCache._backoff computes 2.0 ** (failures - 1) before capping: from the "
-    "1025th consecutive outage failure it raises OverflowError, so backoff stops and "
-    "callers get an untyped error",
-)
 async def test_backoff_stays_capped_through_a_long_outage(
     exchange: FakeExchange, clock: FakeClock
 ) -> None:
@@ -648,6 +642,25 @@ async def test_least_recently_used_entry_is_evicted(
     assert cache.stats.evictions == 2
     assert cache.lookup(KEY) is None
     assert exchange.calls == [KEY, OTHER, THIRD, OTHER]
+
+
+async def test_an_entry_with_an_exchange_under_way_is_not_evicted(
+    exchange: FakeExchange, clock: FakeClock
+) -> None:
+    """Evicting it would make its waiters' next request start a second exchange."""
+    cache = make_cache(exchange, clock, max_entries=2)
+    gate = exchange.gate = asyncio.Event()
+    waiting = asyncio.ensure_future(cache.get(KEY))
+    await settle()
+    exchange.gate = None  # later exchanges answer at once; KEY's stays in flight
+    await cache.get(OTHER)
+    await cache.get(THIRD)  # over the limit: KEY is the oldest, but busy, so OTHER goes
+    assert cache.stats.evictions == 1
+    assert cache.lookup(OTHER) is None
+    gate.set()
+    await waiting
+    assert cache.lookup(KEY) is not None
+    assert exchange.calls.count(KEY) == 1
 
 
 async def test_holds_valid_until_stale_at(exchange: FakeExchange, clock: FakeClock) -> None:

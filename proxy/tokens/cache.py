@@ -193,11 +193,19 @@ class TokenCache:
         if entry is None:
             entry = self._entries[key] = _Entry()
             if len(self._entries) > self.policy.max_entries:
-                self._entries.popitem(last=False)
-                self.stats.evictions += 1
+                self._evict_one()
         else:
             self._entries.move_to_end(key)
         return entry
+
+    def _evict_one(self) -> None:
+        """Drop the least recently used entry that has no exchange under way (one that has
+        would be fetched again by its waiters' next request, doubling the Entra calls)."""
+        for key, entry in self._entries.items():
+            if entry.inflight is None:
+                del self._entries[key]
+                self.stats.evictions += 1
+                return
 
     def _start_exchange(
         self, key: TokenKey, entry: _Entry, trigger: str
@@ -280,7 +288,8 @@ class TokenCache:
 
     def _backoff(self, failures: int) -> float:
         """Exponential backoff with jitter in [half, full] of the step (decorrelates fleets)."""
-        step = min(self.policy.backoff_cap, self.policy.backoff_base * 2.0 ** (failures - 1))
+        # The exponent is capped first: 2.0 ** 1024 overflows after a long enough outage.
+        step = min(self.policy.backoff_cap, self.policy.backoff_base * 2.0 ** min(failures - 1, 62))
         return step * (0.5 + self._rand() / 2)
 
     def _serve_despite(self, entry: _Entry, now: float, exc: TokenError) -> AccessToken:
