@@ -2,7 +2,7 @@
 
 End-to-end tests drive the process a pod would run: its own interpreter, its own event
 loop, its stdout captured to a file so tests can read its log lines. The stand-in IMDS
-listens on loopback, so forwarding is tested without ever touching 169.254.169.254.
+listens on loopback, so forwarding is tested without ever touching the real IMDS address.
 """
 
 from __future__ import annotations

@@ -200,7 +200,7 @@ def test_ca_bundle_falls_back_to_curl_ca_bundle() -> None:
 
 def test_imds_upstream_is_normalised_and_validated() -> None:
     assert load("--imds-upstream=http://10.0.0.1:8080/").imds_upstream == "http://10.0.0.1:8080"
-    message = config_error(["--imds-upstream=ftp://169.254.169.254"], ENV)
+    message = config_error(["--imds-upstream=ftp://imds.invalid"], ENV)
     assert message.startswith("--imds-upstream:")
 
 

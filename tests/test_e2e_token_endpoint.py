@@ -79,6 +79,16 @@ def test_trailing_slash_and_encoded_query(proxy: ProxyProcess) -> None:
     assert response.json()["resource"] == "https://vault.azure.net"
 
 
+def test_absolute_form_requests_through_http_proxy(proxy: ProxyProcess) -> None:
+    """Clients with a hard-coded IMDS address can use the proxy as their HTTP_PROXY: they
+    send absolute-form requests, routed by path; nothing leaves loopback."""
+    metadata_ip = "169.254.169.254"  # METADATA_IP, reached here only through HTTP_PROXY
+    url = f"http://{metadata_ip}{TOKEN_PATH}?api-version=2018-02-01&resource={ARM}"
+    response = requests.get(url, headers=META, proxies={"http": proxy.base}, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["resource"] == ARM
+
+
 def test_client_id_selects_the_identity(proxy: ProxyProcess) -> None:
     body = get(proxy.url(ARM, client_id=SECOND_CLIENT_ID)).json()
     assert body["client_id"] == SECOND_CLIENT_ID
