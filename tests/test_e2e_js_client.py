@@ -1,0 +1,87 @@
+"""The JavaScript SDK (@azure/identity) gets its token through the real proxy process.
+
+It differs from the Python SDKs where IMDS-COMPAT says so: it calls the path with a
+trailing slash and reads `expires_on` (not `expires_in`), so it guards both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SECOND_CLIENT_ID
+from tests.fake_entra import FakeEntra
+from tests.jwt_claims import claims
+from tests.proxy_process import ProxyProcess
+
+JS = Path(__file__).resolve().parent / "js"
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None,
+    reason="Node.js and npm are needed to run the JavaScript SDK",
+)
+
+
+@pytest.fixture(scope="module")
+def js_sdk() -> Path:
+    """@azure/identity installed once (npm registry) into tests/js/node_modules."""
+    if not (JS / "node_modules" / "@azure" / "identity").exists():
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=JS,
+            check=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+    return JS / "get_token.mjs"
+
+
+def node_get_token(
+    script: Path, proxy: ProxyProcess, resource: str, client_id: str | None = None
+) -> dict[str, object]:
+    env = {**os.environ, "AZURE_POD_IDENTITY_AUTHORITY_HOST": proxy.base}
+    for name in (
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "IDENTITY_ENDPOINT",
+        "MSI_ENDPOINT",
+    ):
+        env.pop(name, None)
+    args = ["node", str(script), resource, *([client_id] if client_id else [])]
+    done = subprocess.run(args, env=env, capture_output=True, timeout=60, cwd=JS)
+    result: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def test_javascript_sdk_gets_the_issued_token(
+    js_sdk: Path, proxy: ProxyProcess, fake_entra: FakeEntra
+) -> None:
+    result = node_get_token(js_sdk, proxy, "https://management.azure.com")
+    assert "error" not in result, result
+    token = str(result["token"])
+    issued = claims(token)
+    assert issued["aud"] == "https://management.azure.com"
+    assert issued["appid"] == fake_entra.info.client_id
+    # expires_on drives the SDK's expiry: it must be the token's, not "now".
+    expires = int(str(result["expiresOnTimestamp"])) / 1000
+    assert abs(expires - issued["exp"]) <= 2 and expires > time.time() + 3000
+
+
+def test_javascript_sdk_user_assigned(js_sdk: Path, proxy: ProxyProcess) -> None:
+    result = node_get_token(js_sdk, proxy, "https://vault.azure.net", SECOND_CLIENT_ID)
+    assert "error" not in result, result
+    assert claims(str(result["token"]))["appid"] == SECOND_CLIENT_ID
+
+
+def test_javascript_sdk_sees_entra_rejection(
+    js_sdk: Path, proxy: ProxyProcess, fake_entra: FakeEntra
+) -> None:
+    fake_entra.behave(unknown_resources=["https://nope.example"])
+    result = node_get_token(js_sdk, proxy, "https://nope.example")
+    assert "AADSTS500011" in str(result.get("error"))
