@@ -362,6 +362,8 @@ try:
         status, body = resp.status, resp.read()
 except urllib.error.HTTPError as e:
     status, body = e.code, e.read()
+except OSError as e:  # refused, timed out: the redirect or the proxy is not there
+    sys.exit(f"    no answer: {e}")
 print(f"    status {status}")
 try:
     doc = json.loads(body)
