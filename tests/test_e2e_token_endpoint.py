@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -19,8 +20,8 @@ META = {"Metadata": "true"}
 UNKNOWN_CLIENT = "3d1f4c2b-1111-4a4a-8b8b-9c9c9c9c9c9c"
 
 
-def get(url: str, headers: dict[str, str] | None = None, **kw: object) -> requests.Response:
-    return requests.get(url, headers=META if headers is None else headers, timeout=20, **kw)  # type: ignore[arg-type]
+def get(url: str, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
+    return requests.get(url, headers=META if headers is None else headers, timeout=20, **kw)
 
 
 def error_of(response: requests.Response) -> tuple[int, str, str]:
