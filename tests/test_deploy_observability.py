@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import requests
-import yaml  # type: ignore[import-untyped]
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_entra import FakeEntra
