@@ -91,6 +91,9 @@ class ExchangeMetrics:
             except TokenError as exc:
                 self._count(exc.kind, getattr(exc, "aadsts", None) or "")
                 raise
+            except Exception:
+                self._count("internal", "")
+                raise
             finally:
                 self.latency.observe(clock() - started)
             self._count("success", "")

@@ -64,7 +64,11 @@ def test_failures_are_counted_by_kind_and_code(proxy: ProxyProcess, fake_entra: 
     )
     fake_entra.behave(mode="throttle", retry_after=30)
     requests.get(proxy.url(ARM), headers=META, timeout=10)
+    fake_entra.behave(mode="fail", status=503)
+    requests.get(proxy.url("https://vault.azure.net"), headers=META, timeout=10)
     metrics = proxy.metrics()
+    assert sample(metrics, "imds_proxy_entra_exchanges_total", outcome="unavailable") == 1
+    assert sample(metrics, "imds_proxy_entra_exchange_duration_seconds_count") == 3
     assert (
         sample(metrics, "imds_proxy_entra_exchanges_total", outcome="rejected", aadsts="700016")
         == 1

@@ -18,6 +18,7 @@ from typing import Any
 
 import msal
 import requests
+from msal.exceptions import MsalServiceError
 
 from proxy.assertion import AssertionSource
 from proxy.tokens.errors import (
@@ -72,6 +73,10 @@ class EntraExchange:
             raise
         except requests.RequestException as exc:
             raise EntraUnavailable(f"Entra ID did not answer: {_describe(exc)}") from None
+        except MsalServiceError:  # MSAL raises on 5xx instead of returning
+            status, retry_after = self._http.last_response()
+            result = {"error": "server_error", "error_description": f"Entra ID answered {status}"}
+            raise _failure_from(result, status, retry_after) from None
         except ValueError as exc:  # MSAL refuses some scopes locally (e.g. reserved ones)
             raise EntraRejected("invalid_resource", _safe(str(exc)), None, 400) from None
         status, retry_after = self._http.last_response()
