@@ -33,16 +33,17 @@ bench: $(STAMP) system-deps
 image-test:
 	bash deploy/image-test.sh
 
-# Debian packages the root-only tests need (network namespaces, iptables both backends, curl).
+# Debian packages the tests need when run as root: network namespaces and both iptables
+# backends (init tests), curl (demo test), wrk and taskset (benchmarks), promtool (alert rules).
 system-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
-	  for tool in iptables-legacy iptables-nft ip curl wrk taskset; do \
+	  for tool in iptables-legacy iptables-nft ip curl wrk taskset setpriv promtool; do \
 	    command -v $$tool >/dev/null 2>&1 || missing=yes; \
 	  done; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      iptables iproute2 curl wrk util-linux >/dev/null; \
+	      --no-install-recommends iptables iproute2 curl wrk util-linux prometheus >/dev/null; \
 	  fi; \
 	fi
 
