@@ -193,3 +193,16 @@ def test_warning_level_silences_request_lines(fake_entra: FakeEntra, tmp_path: P
     events = [line["event"] for line in proxy.logs()]
     assert "received token request" not in events
     assert "token exchange failed" in events
+
+
+def test_debug_logs_from_every_library_hold_no_secret(
+    fake_entra: FakeEntra, tmp_path: Path
+) -> None:
+    """At debug level MSAL, requests/urllib3 and aiohttp log too; none may leak a token."""
+    with running_proxy(fake_entra.env(), tmp_path, ["--log-level=debug"]) as proxy:
+        token = requests.get(proxy.url(ARM), headers=META, timeout=10).json()["access_token"]
+    text = proxy.log_text()
+    assertion = Path(fake_entra.info.token_file).read_text().strip()
+    assert len(text.splitlines()) > 5
+    assert token not in text and assertion not in text and "eyJ" not in text
+    proxy.logs()  # every line, whichever library wrote it, is JSON
