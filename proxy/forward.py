@@ -50,7 +50,7 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def __call__(self, request: web.BaseRequest) -> web.Response:
         assert self._session is not None, "Forwarder.start() was not awaited"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         body = await request.read() if request.can_read_body else None

@@ -84,20 +84,33 @@ def parse_token_request(
     default_client_id: str | None,
 ) -> TokenRequest:
     """Validate in IMDS's order: header, proxying, api-version, resource, identity."""
+    check_headers(headers)
+    return parse_token_query(query, tenant_id, default_client_id)
+
+
+MISSING_METADATA = ImdsError(
+    400, "invalid_request", "Required metadata header not specified", reason="metadata_header"
+)
+FORWARDED = ImdsError(
+    400,
+    "invalid_request",
+    "Request was proxied (X-Forwarded-For is set); IMDS refuses proxied requests",
+    reason="forwarded",
+)
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """The per-request part of validation (the query's part can be remembered)."""
     if headers.get("Metadata", "").lower() != "true":
-        raise ImdsError(
-            400,
-            "invalid_request",
-            "Required metadata header not specified",
-            reason="metadata_header",
-        )
+        raise MISSING_METADATA
     if "X-Forwarded-For" in headers:
-        raise ImdsError(
-            400,
-            "invalid_request",
-            "Request was proxied (X-Forwarded-For is set); IMDS refuses proxied requests",
-            reason="forwarded",
-        )
+        raise FORWARDED
+
+
+def parse_token_query(
+    query: Mapping[str, str], tenant_id: str, default_client_id: str | None
+) -> TokenRequest:
+    """The request's meaning from its query alone: the same query always means the same."""
     api_version = query.get("api-version")
     if not api_version:
         raise ImdsError(

@@ -8,6 +8,9 @@ A redaction step removes anything shaped like a JWT from every line, whoever wro
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import io
 import logging
 import re
 import sys
@@ -26,18 +29,58 @@ _LEVELS = {
 }
 
 
+def redact_text(text: str) -> str:
+    """`text` with JWT-shaped parts (access or service-account tokens) blanked out."""
+    return _JWT_LIKE.sub("[redacted]", text) if "eyJ" in text else text
+
+
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Blank out JWT-shaped text (access or service-account tokens) in any string value."""
+    """The structlog processor: `redact_text` on every string value."""
     for key, value in event_dict.items():
         if isinstance(value, str) and "eyJ" in value:
-            event_dict[key] = _JWT_LIKE.sub("[redacted]", value)
+            event_dict[key] = redact_text(value)
     return event_dict
+
+
+def enabled_for(configured: str, level: str) -> bool:
+    """Whether a line at `level` is written when the configured level is `configured`."""
+    return _LEVELS[level] >= _LEVELS[configured]
+
+
+_stream: TextIO = sys.stdout
+
+
+def buffered_stdout() -> TextIO:
+    """stdout with a 64 KiB buffer: request lines are appended without a write(2) each.
+
+    Everything is written through this one object, in order; structlog and the standard
+    library flush after each of their (rare) lines, `flush_periodically` does it for the
+    request lines, and `atexit` at the end.
+    """
+    raw = io.FileIO(sys.stdout.fileno(), "w", closefd=False)
+    stream = io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16), encoding="utf-8")
+    atexit.register(stream.flush)
+    return stream
+
+
+def stream() -> TextIO:
+    """Where log lines go (what `configure` chose)."""
+    return _stream
+
+
+async def flush_periodically(interval: float = 0.2) -> None:
+    """Bound how long a request line waits in the buffer."""
+    while True:
+        await asyncio.sleep(interval)
+        _stream.flush()
 
 
 def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Set up structlog and route the standard library's logging through it."""
+    global _stream
     numeric = _LEVELS[level]
-    stream = stream or sys.stdout
+    stream = stream or buffered_stdout()
+    _stream = stream
     shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -49,7 +92,6 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             *shared,
             redact,
             structlog.processors.format_exc_info,

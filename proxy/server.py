@@ -17,13 +17,14 @@ import msal
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from proxy import __version__
-from proxy.app import Proxy, create_app
+from proxy import __version__, logs
+from proxy.app import Proxy, ProxyHttp
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.forward import Forwarder
 from proxy.logs import get_logger
 from proxy.metrics import ExchangeMetrics, ProxyCollector, RequestMetrics, build_registry
+from proxy.requestlog import RequestLog
 from proxy.tokens.cache import CachePolicy, TokenCache
 from proxy.tokens.entra import EntraExchange
 from proxy.tokens.errors import CredentialUnavailable
@@ -72,18 +73,19 @@ class ProxyServer:
                 lambda: _service_account_expiry(self.assertion),
             )
         )
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         s = self.settings
         await self.forwarder.start()
         grace = s.shutdown_grace
-        runner = web.AppRunner(
-            create_app(self.proxy), access_log=None, handle_signals=False, shutdown_timeout=grace
+        handler = ProxyHttp(self.proxy, RequestLog(s.log_level, s.log_format))
+        runner = web.ServerRunner(
+            web.Server(handler, access_log=None), handle_signals=False, shutdown_timeout=grace
         )
         await runner.setup()
-        await web.TCPSite(runner, s.host, s.port, shutdown_timeout=grace).start()
+        await web.TCPSite(runner, s.host, s.port).start()
         self._runners.append(runner)
         if s.metrics_port:
             metrics = web.AppRunner(
@@ -107,6 +109,7 @@ class ProxyServer:
                 asyncio.create_task(self.cache.prefetch(self.proxy.prefetch_keys))
             )
         self._background.append(asyncio.create_task(self._watch_service_account()))
+        self._background.append(asyncio.create_task(logs.flush_periodically()))
 
     async def stop(self) -> None:
         started = time.monotonic()
@@ -119,6 +122,7 @@ class ProxyServer:
         await self.forwarder.close()
         self.exchange.close()
         log.info("stopped the proxy server", seconds=round(time.monotonic() - started, 3))
+        logs.stream().flush()
 
     async def _watch_service_account(self) -> None:
         """Warn before the pod loses its identity: kubelet should rotate the token long
