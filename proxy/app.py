@@ -21,14 +21,14 @@ from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.forward import Forwarder
 from proxy.imds import (
+    FORWARDED,
     JSON,
+    MISSING_METADATA,
     TOKEN_PATH,
     ImdsError,
-    TokenRequest,
-    check_headers,
+    TokenAnswer,
     error_for,
     parse_token_query,
-    render_token,
     scope_for,
 )
 from proxy.metrics import RequestMetrics
@@ -89,11 +89,17 @@ class ProxyHttp:
 
     def __init__(self, proxy: Proxy, request_log: RequestLog) -> None:
         self._proxy = proxy
+        self._cache = proxy.cache
+        self._clock = proxy.clock
         self._log = request_log
-        self._observe = proxy.request_metrics.observe
+        metrics = proxy.request_metrics
+        self._routes = {
+            name: metrics.route(name)
+            for name in ("token", "readyz", "healthz", "metadata", "other")
+        }
         self._tenant_id = proxy.settings.tenant_id
         self._default_client_id = proxy.settings.client_id
-        self._queries: dict[str, tuple[TokenRequest, str] | ImdsError] = {}
+        self._queries: dict[str, tuple[TokenAnswer, str] | ImdsError] = {}
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -115,7 +121,7 @@ class ProxyHttp:
             response, extra = _error(_NOT_FOUND)
         elapsed = time.perf_counter() - started
         status = response.status
-        self._observe(route, status, elapsed)
+        self._routes[route].observe(status, elapsed)
         if self._log.enabled:
             request_id = request.headers.get("x-ms-client-request-id")
             self._log.write(event, request.method, path, status, elapsed, request_id, extra)
@@ -124,32 +130,34 @@ class ProxyHttp:
     async def _token(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
         if request.method != "GET":
             return _error(_METHOD_NOT_ALLOWED)
-        try:
-            check_headers(request.headers)
-        except ImdsError as err:
-            return _error(err)
+        headers = request.headers
+        metadata = headers.get("Metadata")
+        if metadata != "true" and (metadata is None or metadata.lower() != "true"):
+            return _error(MISSING_METADATA)
+        if "X-Forwarded-For" in headers:
+            return _error(FORWARDED)
         parsed = self._queries.get(request.rel_url.raw_query_string)
         if parsed is None:
             parsed = self._remember_query(request)
         if isinstance(parsed, ImdsError):
             return _error(parsed)
-        wanted, fields = parsed
-        cache = self._proxy.cache
-        found = cache.lookup(wanted.key)
+        answer, fields = parsed
+        key = answer.request.key
+        found = self._cache.lookup(key)
         if found is not None:
-            body = render_token(found, wanted, self._proxy.clock())
+            body = answer.render(found, self._clock())
             return web.Response(body=body, headers=JSON_HEADERS), fields + _HIT
         try:
-            found = await cache.fetch(wanted.key)
+            found = await self._cache.fetch(key)
         except TokenError as exc:
             response, extra = _error(error_for(exc))
             return response, fields + _MISS + extra
-        body = render_token(found, wanted, self._proxy.clock())
+        body = answer.render(found, self._clock())
         return web.Response(body=body, headers=JSON_HEADERS), fields + _MISS
 
-    def _remember_query(self, request: web.BaseRequest) -> tuple[TokenRequest, str] | ImdsError:
+    def _remember_query(self, request: web.BaseRequest) -> tuple[TokenAnswer, str] | ImdsError:
         """Validate a query once; the same query string always means the same request."""
-        result: tuple[TokenRequest, str] | ImdsError
+        result: tuple[TokenAnswer, str] | ImdsError
         try:
             wanted = parse_token_query(request.query, self._tenant_id, self._default_client_id)
         except ImdsError as err:
@@ -158,7 +166,7 @@ class ProxyHttp:
             fields = json_field("client_id", wanted.key.client_id) + json_field(
                 "resource", wanted.resource
             )
-            result = (wanted, fields)
+            result = (TokenAnswer(wanted), fields)
         if len(self._queries) >= MAX_REMEMBERED_QUERIES:
             self._queries.clear()
         self._queries[request.rel_url.raw_query_string] = result

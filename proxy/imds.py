@@ -169,37 +169,65 @@ def parse_token_query(
     return TokenRequest(resource=resource, key=TokenKey(tenant_id, client_id, scope_for(resource)))
 
 
+class TokenAnswer:
+    """The IMDS success body for one request, rebuilt only when the token changes.
+
+    Everything but the two countdowns is encoded once per token into three byte strings;
+    a request formats two integers between them.
+    """
+
+    __slots__ = ("_body", "_head", "_middle", "_second", "_tail", "_token", "request")
+
+    def __init__(self, request: TokenRequest) -> None:
+        self.request = request
+        self._token: AccessToken | None = None
+        self._head = self._middle = self._tail = self._body = b""
+        self._second = -1
+
+    def render(self, token: AccessToken, now: float) -> bytes:
+        second = int(now)
+        if token is self._token and second == self._second:
+            return self._body  # the countdowns are whole seconds: same second, same body
+        if token is not self._token:
+            self._encode(token)
+        # Whole seconds left at the end of this second, so the body can serve all of it.
+        expires_in = max(int(token.expires_on) - second - 1, 0)
+        ext_expires_in = max(int(token.ext_expires_on) - second - 1, 0)
+        self._body = b"%b%d%b%d%b" % (
+            self._head,
+            expires_in,
+            self._middle,
+            ext_expires_in,
+            self._tail,
+        )
+        self._second = second
+        return self._body
+
+    def _encode(self, token: AccessToken) -> None:
+        def s(value: str) -> bytes:
+            return json.dumps(value).encode()
+
+        self._head = (
+            b'{"access_token":'
+            + s(token.value)
+            + b',"client_id":'
+            + s(self.request.key.client_id)
+            + b',"expires_in":"'
+        )
+        self._middle = b'","expires_on":"%d","ext_expires_in":"' % int(token.expires_on)
+        self._tail = (
+            b'","not_before":"%d","resource":' % int(token.not_before)
+            + s(self.request.resource)
+            + b',"token_type":'
+            + s(token.token_type)
+            + b"}"
+        )
+        self._token = token
+
+
 def render_token(token: AccessToken, request: TokenRequest, now: float) -> bytes:
-    """The IMDS success body; only the two countdowns are formatted per request."""
-    parts = token.rendered.get(request)
-    if parts is None:
-        parts = token.rendered[request] = _fragments(token, request)
-    head, middle, tail = parts
-    expires_in = max(int(token.expires_on - now), 0)
-    ext_expires_in = max(int(token.ext_expires_on - now), 0)
-    return b"%b%d%b%d%b" % (head, expires_in, middle, ext_expires_in, tail)
-
-
-def _fragments(token: AccessToken, request: TokenRequest) -> tuple[bytes, bytes, bytes]:
-    def s(value: str) -> bytes:
-        return json.dumps(value).encode()
-
-    head = (
-        b'{"access_token":'
-        + s(token.value)
-        + b',"client_id":'
-        + s(request.key.client_id)
-        + b',"expires_in":"'
-    )
-    middle = b'","expires_on":"%d","ext_expires_in":"' % int(token.expires_on)
-    tail = (
-        b'","not_before":"%d","resource":' % int(token.not_before)
-        + s(request.resource)
-        + b',"token_type":'
-        + s(token.token_type)
-        + b"}"
-    )
-    return head, middle, tail
+    """The IMDS success body for a one-off answer (the hot path keeps a `TokenAnswer`)."""
+    return TokenAnswer(request).render(token, now)
 
 
 def error_for(exc: TokenError) -> ImdsError:

@@ -58,20 +58,33 @@ class Histogram:
         return out
 
 
+class RouteMetrics:
+    """Answers by status code and their latency, for one route."""
+
+    __slots__ = ("codes", "latency")
+
+    def __init__(self) -> None:
+        self.codes: dict[int, int] = {}
+        self.latency = Histogram(REQUEST_BUCKETS)
+
+    def observe(self, status: int, seconds: float) -> None:
+        codes = self.codes
+        codes[status] = codes.get(status, 0) + 1
+        self.latency.observe(seconds)
+
+
 class RequestMetrics:
     """Requests by route and status code, and latency by route."""
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, Histogram] = {}
+        self.routes: dict[str, RouteMetrics] = {}
+
+    def route(self, name: str) -> RouteMetrics:
+        """The counters of one route; callers keep it, so a request pays no lookup."""
+        return self.routes.setdefault(name, RouteMetrics())
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        key = (route, status)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        histogram = self.latency.get(route)
-        if histogram is None:
-            histogram = self.latency[route] = Histogram(REQUEST_BUCKETS)
-        histogram.observe(seconds)
+        self.route(route).observe(status, seconds)
 
 
 class ExchangeMetrics:
@@ -140,14 +153,16 @@ class ProxyCollector(Collector):
         total = CounterMetricFamily(
             f"{PREFIX}_requests", "HTTP requests answered.", labels=["route", "code"]
         )
-        for (route, status), count in sorted(self._requests.counts.items()):
-            total.add_metric([route, str(status)], count)
+        routes = sorted(self._requests.routes.items())
+        for route, stats in routes:
+            for status, count in sorted(stats.codes.items()):
+                total.add_metric([route, str(status)], count)
         yield total
         duration = HistogramMetricFamily(
             f"{PREFIX}_request_duration_seconds", "Time to answer a request.", labels=["route"]
         )
-        for route, hist in sorted(self._requests.latency.items()):
-            duration.add_metric([route], hist.buckets(), hist.total)
+        for route, stats in routes:
+            duration.add_metric([route], stats.latency.buckets(), stats.latency.total)
         yield duration
 
     def _cache_metrics(self) -> Iterator[Metric]:

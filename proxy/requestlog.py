@@ -40,7 +40,7 @@ class RequestLog:
         self.enabled = logs.enabled_for(level, "info")
         self._structured = fmt == "console"
         self._stream = stream
-        self._second = -1
+        self._millis = -1
         self._stamp = ""
         self._escaped: dict[str, str] = {}
         self._ids = itertools.count(1)
@@ -59,18 +59,18 @@ class RequestLog:
         if self._structured:
             self._via_structlog(event, method, path, status, seconds, request_id, extra)
             return
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        millis = int(time.time() * 1000)
+        if millis != self._millis:  # at a few requests per millisecond, mostly reused
+            self._millis = millis
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
+            self._stamp += f".{millis % 1000:03d}Z"
         rid = self._request_id(request_id)
         stream = self._stream or logs.stream()
         stream.write(
             f'{{"method": {self._escape(method)}, "path": {self._escape(path)}, '
-            f'"status": {status}, "duration_ms": {seconds * 1000:.3f}, "request_id": {rid}'
-            f'{extra}, "event": {self._escape(event)}, "level": "info", '
-            f'"timestamp": "{self._stamp}.{int((now - second) * 1e6):06d}Z"}}\n'
+            f'"status": {status}, "duration_ms": {round(seconds * 1000, 3)}, '
+            f'"request_id": {rid}{extra}, "event": {self._escape(event)}, "level": "info", '
+            f'"timestamp": "{self._stamp}"}}\n'
         )
 
     def _escape(self, text: str) -> str:

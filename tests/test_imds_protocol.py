@@ -9,7 +9,14 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy import imds
-from proxy.imds import ImdsError, TokenRequest, error_for, parse_token_request, render_token
+from proxy.imds import (
+    ImdsError,
+    TokenAnswer,
+    TokenRequest,
+    error_for,
+    parse_token_request,
+    render_token,
+)
 from proxy.tokens.errors import (
     CredentialUnavailable,
     EntraRejected,
@@ -250,27 +257,32 @@ def test_render_token_has_exactly_the_imds_keys_all_strings() -> None:
     assert body == {
         "access_token": token.value,
         "client_id": DEFAULT_CLIENT,
-        "expires_in": "3599",
+        "expires_in": "3598",  # whole seconds left at the end of the current second
         "expires_on": str(int(NOW + 3599.7)),
-        "ext_expires_in": "7199",
+        "ext_expires_in": "7198",
         "not_before": str(int(NOW - 300)),
         "resource": VAULT,
         "token_type": "Bearer",
     }
 
 
-def test_expires_in_counts_from_now_on_memoised_fragments() -> None:
+def test_expires_in_counts_from_now_on_memoised_fragments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     token = make_token()
-    request = parse()
+    answer = TokenAnswer(parse())
     later = NOW + 1234.5
-    first = json.loads(render_token(token, request, NOW))
-    fragments = token.rendered[request]
-    second = json.loads(render_token(token, request, later))
-    assert len(token.rendered) == 1
-    assert token.rendered[request] is fragments, "the second render reuses the fragments"
-    assert first["expires_in"] == str(int(token.expires_on - NOW))
-    assert second["expires_in"] == str(int(token.expires_on - later)) == "2365"
-    assert second["ext_expires_in"] == str(int(token.ext_expires_on - later))
+    first = json.loads(answer.render(token, NOW))
+    encoded: list[AccessToken] = []
+    monkeypatch.setattr(TokenAnswer, "_encode", lambda self, t: encoded.append(t))
+    second = json.loads(answer.render(token, later))
+    assert encoded == [], "the second render reuses the fragments"
+    # Whole seconds left at the end of the current second: never more than really remain.
+    assert first["expires_in"] == str(int(token.expires_on) - int(NOW) - 1) == "3598"
+    assert second["expires_in"] == str(int(token.expires_on) - int(later) - 1) == "2364"
+    assert second["ext_expires_in"] == str(int(token.ext_expires_on) - int(later) - 1)
+    assert json.loads(answer.render(token, later + 0.4)) == second, "same second, same body"
+    assert json.loads(answer.render(token, later + 0.6))["expires_in"] == "2363"
     assert first["expires_on"] == second["expires_on"]
     assert {k: v for k, v in first.items() if not k.endswith("expires_in")} == {
         k: v for k, v in second.items() if not k.endswith("expires_in")

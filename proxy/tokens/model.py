@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -16,11 +16,7 @@ class TokenKey(NamedTuple):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class AccessToken:
-    """A token Entra issued, with absolute Unix times.
-
-    `rendered` memoises response fragments built from this token (by `proxy.imds`), so
-    a cache hit does not re-encode JSON; it dies with the token when a refresh replaces it.
-    """
+    """A token Entra issued, with absolute Unix times."""
 
     value: str
     token_type: str
@@ -28,9 +24,6 @@ class AccessToken:
     ext_expires_on: float
     not_before: float
     obtained_at: float
-    rendered: dict[object, tuple[bytes, bytes, bytes]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
 
     @property
     def lifetime(self) -> float:
