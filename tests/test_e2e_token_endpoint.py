@@ -12,6 +12,7 @@ import requests
 
 from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
+from tests.imds_contract import TOKEN_FIELDS
 from tests.jwt_claims import claims
 from tests.proxy_process import TOKEN_PATH, FakeImds, ProxyProcess, free_port, running_proxy
 
@@ -39,16 +40,7 @@ def test_token_body_is_imds_shaped(proxy: ProxyProcess, fake_entra: FakeEntra) -
     response = get(proxy.url(ARM))
     assert response.status_code == 200
     body = response.json()
-    assert list(body) == [
-        "access_token",
-        "client_id",
-        "expires_in",
-        "expires_on",
-        "ext_expires_in",
-        "not_before",
-        "resource",
-        "token_type",
-    ]
+    assert list(body) == list(TOKEN_FIELDS)
     assert all(isinstance(v, str) for v in body.values())
     assert body["resource"] == ARM
     assert body["client_id"] == fake_entra.info.client_id

@@ -25,21 +25,13 @@ from proxy.tokens.errors import (
     TokenError,
 )
 from proxy.tokens.model import AccessToken, TokenKey
+from tests.imds_contract import TOKEN_FIELDS
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 DEFAULT_CLIENT = "11111111-2222-3333-4444-555555555555"
 OTHER_CLIENT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 VAULT = "https://vault.azure.net"
-IMDS_KEYS = {
-    "access_token",
-    "client_id",
-    "expires_in",
-    "expires_on",
-    "ext_expires_in",
-    "not_before",
-    "resource",
-    "token_type",
-}
+IMDS_KEYS = set(TOKEN_FIELDS)
 NOW = 1_700_000_000.0
 
 

@@ -48,15 +48,22 @@ def _unknown_tenant(tenant: str) -> EntraError:
     )
 
 
+def _refuse_unknown_tenant(request: web.Request) -> web.Response | None:
+    """Entra's answer for a tenant it does not know, or None for ours."""
+    tenant = request.match_info["tenant"]
+    if _state(request).knows_tenant(tenant):
+        return None
+    return _unknown_tenant(tenant).response(
+        host=request.host, correlation_id=_correlation_id(request)
+    )
+
+
 async def openid_configuration(request: web.Request) -> web.Response:
     """Enough of Entra's v2.0 discovery document for MSAL and azure-identity."""
     state = _state(request)
     state.stats.openid_config_requests += 1
-    tenant = request.match_info["tenant"]
-    if not state.knows_tenant(tenant):
-        return _unknown_tenant(tenant).response(
-            host=request.host, correlation_id=_correlation_id(request)
-        )
+    if (refusal := _refuse_unknown_tenant(request)) is not None:
+        return refusal
     base, tid = _base(request), state.tenant_id
     document: dict[str, Any] = {
         "issuer": f"{base}/{tid}/v2.0",
@@ -87,11 +94,8 @@ async def jwks(request: web.Request) -> web.Response:
     """The key that signs access tokens, for anyone who wants to verify them."""
     state = _state(request)
     state.stats.jwks_requests += 1
-    tenant = request.match_info["tenant"]
-    if not state.knows_tenant(tenant):
-        return _unknown_tenant(tenant).response(
-            host=request.host, correlation_id=_correlation_id(request)
-        )
+    if (refusal := _refuse_unknown_tenant(request)) is not None:
+        return refusal
     return web.json_response(state.signing_key.jwks())
 
 
