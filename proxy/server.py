@@ -92,8 +92,13 @@ class ProxyServer:
                 self._metrics_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
             )
             await metrics.setup()
-            await web.TCPSite(metrics, s.metrics_host, s.metrics_port).start()
             self._runners.append(metrics)
+            try:
+                await web.TCPSite(metrics, s.metrics_host, s.metrics_port).start()
+            except OSError as exc:
+                # The pod shares one network namespace: an app already on this port must
+                # not lose its tokens because metrics cannot be served.
+                log.error("cannot serve metrics", port=s.metrics_port, reason=exc.strerror)
         log.info(
             "starting the proxy server",
             port=s.port,

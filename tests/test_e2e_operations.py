@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -206,3 +207,21 @@ def test_debug_logs_from_every_library_hold_no_secret(
     assert len(text.splitlines()) > 5
     assert token not in text and assertion not in text and "eyJ" not in text
     proxy.logs()  # every line, whichever library wrote it, is JSON
+
+
+def test_a_taken_metrics_port_does_not_cost_the_app_its_tokens(
+    fake_entra: FakeEntra, tmp_path: Path
+) -> None:
+    """Containers in a pod share ports; the app may already listen on 9090."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = [f"--metrics-port={port}", "--metrics-host=127.0.0.1"]
+        proxy = ProxyProcess(fake_entra.env(), tmp_path, args, metrics=False).start()
+        try:
+            assert requests.get(proxy.url(ARM), headers=META, timeout=10).status_code == 200
+        finally:
+            proxy.stop()
+    failed = [line for line in proxy.logs() if line["event"] == "cannot serve metrics"]
+    assert failed and failed[0]["port"] == port and failed[0]["level"] == "error"
