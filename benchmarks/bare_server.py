@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-TOKEN_PATH = "/metadata/identity/oauth2/token"
+from proxy.imds import TOKEN_PATH
 
 
 def constant_body(size: int) -> bytes:

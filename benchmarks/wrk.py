@@ -43,14 +43,6 @@ class WrkResult:
     raw: str = ""
 
     @property
-    def p50_ms(self) -> float:
-        return self.percentiles_ms["50"]
-
-    @property
-    def p99_ms(self) -> float:
-        return self.percentiles_ms["99"]
-
-    @property
     def failed(self) -> int:
         """Requests that did not get a success answer: error statuses plus socket errors."""
         return self.non_2xx + sum(self.socket_errors.values())

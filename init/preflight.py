@@ -24,6 +24,13 @@ class PreflightError(Exception):
 
 def check(metadata_ip: ipaddress.IPv4Address) -> None:
     """Raise PreflightError unless loopback is up and ``metadata_ip`` has a route."""
+    try:
+        _check(metadata_ip)
+    except (NetlinkError, OSError) as exc:  # netlink itself failed, not a finding
+        raise PreflightError(f"cannot inspect the network namespace: {exc}") from None
+
+
+def _check(metadata_ip: ipaddress.IPv4Address) -> None:
     with IPRoute() as ipr:
         loopback = ipr.link_lookup(ifname="lo")
         if not loopback:

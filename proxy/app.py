@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,13 +21,13 @@ from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.forward import Forwarder
 from proxy.imds import (
-    FORWARDED,
     JSON,
-    MISSING_METADATA,
     TOKEN_PATH,
     ImdsError,
     TokenAnswer,
+    TokenRequest,
     error_for,
+    header_error,
     parse_token_query,
     scope_for,
 )
@@ -40,14 +40,25 @@ from proxy.tokens.model import TokenKey
 _TOKEN_PATHS = frozenset((TOKEN_PATH, TOKEN_PATH + "/"))
 JSON_HEADERS = {"Content-Type": JSON}
 MAX_REMEMBERED_QUERIES = 4096
-_HIT = ', "cache": "hit"'
-_MISS = ', "cache": "miss"'
 _METHOD_NOT_ALLOWED = ImdsError(
     405, "invalid_request", "Only GET is supported on this path", reason="method"
 )
 _NOT_FOUND = ImdsError(404, "not_found", "No such endpoint", reason="path")
 
-Handler = Callable[[web.BaseRequest], Awaitable[tuple[web.StreamResponse, str]]]
+
+class _KnownQuery:
+    """A validated token query: its cache key, its answer and its request-log fields."""
+
+    __slots__ = ("answer", "hit", "key", "miss")
+
+    def __init__(self, wanted: TokenRequest) -> None:
+        self.answer = TokenAnswer(wanted)
+        self.key = wanted.key
+        fields = json_field("client_id", wanted.key.client_id) + json_field(
+            "resource", wanted.resource
+        )
+        self.hit = fields + ', "cache": "hit"'
+        self.miss = fields + ', "cache": "miss"'
 
 
 @dataclass
@@ -99,7 +110,7 @@ class ProxyHttp:
         }
         self._tenant_id = proxy.settings.tenant_id
         self._default_client_id = proxy.settings.client_id
-        self._queries: dict[str, tuple[TokenAnswer, str] | ImdsError] = {}
+        self._queries: dict[str, _KnownQuery | ImdsError] = {}
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -130,43 +141,35 @@ class ProxyHttp:
     async def _token(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
         if request.method != "GET":
             return _error(_METHOD_NOT_ALLOWED)
-        headers = request.headers
-        metadata = headers.get("Metadata")
-        if metadata != "true" and (metadata is None or metadata.lower() != "true"):
-            return _error(MISSING_METADATA)
-        if "X-Forwarded-For" in headers:
-            return _error(FORWARDED)
-        parsed = self._queries.get(request.rel_url.raw_query_string)
-        if parsed is None:
-            parsed = self._remember_query(request)
-        if isinstance(parsed, ImdsError):
-            return _error(parsed)
-        answer, fields = parsed
-        key = answer.request.key
-        found = self._cache.lookup(key)
+        refused = header_error(request.headers)
+        if refused is not None:
+            return _error(refused)
+        known = self._queries.get(request.rel_url.raw_query_string)
+        if known is None:
+            known = self._remember_query(request)
+        if isinstance(known, ImdsError):
+            return _error(known)
+        found = self._cache.lookup(known.key)
         if found is not None:
-            body = answer.render(found, self._clock())
-            return web.Response(body=body, headers=JSON_HEADERS), fields + _HIT
+            body = known.answer.render(found, self._clock())
+            return web.Response(body=body, headers=JSON_HEADERS), known.hit
         try:
-            found = await self._cache.fetch(key)
+            found = await self._cache.fetch(known.key)
         except TokenError as exc:
             response, extra = _error(error_for(exc))
-            return response, fields + _MISS + extra
-        body = answer.render(found, self._clock())
-        return web.Response(body=body, headers=JSON_HEADERS), fields + _MISS
+            return response, known.miss + extra
+        body = known.answer.render(found, self._clock())
+        return web.Response(body=body, headers=JSON_HEADERS), known.miss
 
-    def _remember_query(self, request: web.BaseRequest) -> tuple[TokenAnswer, str] | ImdsError:
+    def _remember_query(self, request: web.BaseRequest) -> _KnownQuery | ImdsError:
         """Validate a query once; the same query string always means the same request."""
-        result: tuple[TokenAnswer, str] | ImdsError
+        result: _KnownQuery | ImdsError
         try:
             wanted = parse_token_query(request.query, self._tenant_id, self._default_client_id)
         except ImdsError as err:
-            result = err
+            result = err.with_traceback(None)  # the traceback would pin this request
         else:
-            fields = json_field("client_id", wanted.key.client_id) + json_field(
-                "resource", wanted.resource
-            )
-            result = (TokenAnswer(wanted), fields)
+            result = _KnownQuery(wanted)
         if len(self._queries) >= MAX_REMEMBERED_QUERIES:
             self._queries.clear()
         self._queries[request.rel_url.raw_query_string] = result
@@ -186,5 +189,5 @@ def _error(err: ImdsError) -> tuple[web.StreamResponse, str]:
     fields: dict[str, object] = {"error": err.reason}
     if err.status >= 500 or err.status == 429:
         fields["reason"] = err.description
-    response = web.Response(status=err.status, body=err.body(), headers=err.headers())
+    response = web.Response(status=err.status, body=err.body, headers=err.headers)
     return response, json_fields(fields)

@@ -94,4 +94,7 @@ def _expiry(jwt: str, path: str) -> float | None:
     except (binascii.Error, ValueError):
         raise CredentialUnavailable(f"service-account token in {path} is not a JWT") from None
     exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) else None
+    try:
+        return float(exp) if isinstance(exp, int | float) else None
+    except OverflowError:  # an absurd integer: treat the token as not expiring, Entra judges
+        return None

@@ -52,11 +52,6 @@ class Settings:
     rejected_ttl: float = 5.0
     prefetch_resources: tuple[str, ...] = field(default_factory=tuple)
 
-    @property
-    def authority(self) -> str:
-        """The MSAL authority: the host plus the tenant path segment."""
-        return self.authority_host.rstrip("/") + "/" + self.tenant_id
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -69,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--proxy-port", type=int, default=8000, help="port for IMDS requests (default 8000)")
     add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: pod-local)")
-    add("--log-level", default="info", type=str.lower, help="debug, info, warning, error")
+    add("--log-level", default="info", type=_log_level, help="debug, info, warning, error")
     add("--log-format", default="json", choices=("json", "console"))
     add(
         "--imds-upstream",
@@ -126,7 +121,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     upstream = urlsplit(args.imds_upstream)
     if upstream.scheme not in ("http", "https") or not upstream.hostname:
         raise ConfigError("--imds-upstream: must be an http URL such as http://169.254.169.254")
-    if args.log_level not in LOG_LEVELS and args.log_level != "warn":
+    if args.log_level not in LOG_LEVELS:
         raise ConfigError(f"--log-level: must be one of {', '.join(LOG_LEVELS)}")
     _port("--proxy-port", args.proxy_port)
     if args.metrics_port != 0:
@@ -157,7 +152,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         imds_upstream=args.imds_upstream.rstrip("/"),
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
-        log_level="warning" if args.log_level == "warn" else args.log_level,
+        log_level=args.log_level,
         log_format=args.log_format,
         shutdown_grace=args.shutdown_grace,
         entra_timeout=args.entra_timeout,
@@ -169,6 +164,12 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
 
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     return load(build_parser().parse_args(argv), environ)
+
+
+def _log_level(value: str) -> str:
+    """Upstream's Go flag says `warn`; Python's logging says `warning`. Both mean one level."""
+    value = value.strip().lower()
+    return "warning" if value == "warn" else value
 
 
 def _required(environ: Mapping[str, str], name: str) -> str:

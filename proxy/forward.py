@@ -53,8 +53,8 @@ class Forwarder:
     async def __call__(self, request: web.BaseRequest) -> web.Response:
         assert self._session is not None, "Forwarder.start() was not awaited"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        body = await request.read() if request.can_read_body else None
         try:
+            body = await request.read() if request.can_read_body else None
             async with self._session.request(
                 request.method,
                 self.upstream + request.rel_url.path_qs,
@@ -76,9 +76,17 @@ class Forwarder:
                 f"the instance metadata service at {self.upstream} is unreachable "
                 f"({type(exc).__name__})"
             )
+        except web.HTTPRequestEntityTooLarge:
+            return _answer(413, "invalid_request", "the request body is too large")
+        except OSError:  # the caller went away while sending its body
+            return _answer(400, "invalid_request", "the request body could not be read")
 
 
 def _bad_gateway(description: str) -> web.Response:
+    return _answer(502, "bad_gateway", description)
+
+
+def _answer(status: int, error: str, description: str) -> web.Response:
     return web.Response(
-        status=502, body=error_body("bad_gateway", description), headers={"Content-Type": JSON}
+        status=status, body=error_body(error, description), headers={"Content-Type": JSON}
     )

@@ -51,15 +51,10 @@ class ImdsError(Exception):
         self.retry_after = retry_after
         self.reason = reason or error
         """A short, bounded label for logs and metrics (the failure kind)."""
-
-    def body(self) -> bytes:
-        return error_body(self.error, self.description)
-
-    def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": JSON}
-        if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
-        return headers
+        self.body = error_body(error, description)  # built once: many errors are constants
+        self.headers = {"Content-Type": JSON}
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +72,6 @@ def scope_for(resource: str) -> str:
     return resource if resource.endswith(_DEFAULT_SUFFIX) else resource + _DEFAULT_SUFFIX
 
 
-def parse_token_request(
-    headers: Mapping[str, str],
-    query: Mapping[str, str],
-    tenant_id: str,
-    default_client_id: str | None,
-) -> TokenRequest:
-    """Validate in IMDS's order: header, proxying, api-version, resource, identity."""
-    check_headers(headers)
-    return parse_token_query(query, tenant_id, default_client_id)
-
-
 MISSING_METADATA = ImdsError(
     400, "invalid_request", "Required metadata header not specified", reason="metadata_header"
 )
@@ -99,18 +83,22 @@ FORWARDED = ImdsError(
 )
 
 
-def check_headers(headers: Mapping[str, str]) -> None:
-    """The per-request part of validation (the query's part can be remembered)."""
-    if headers.get("Metadata", "").lower() != "true":
-        raise MISSING_METADATA
+def header_error(headers: Mapping[str, str]) -> ImdsError | None:
+    """The per-request part of validation, checked first as IMDS does (the query's part
+    is the same for the same query string, see `parse_token_query`)."""
+    metadata = headers.get("Metadata")
+    if metadata != "true" and (metadata is None or metadata.lower() != "true"):
+        return MISSING_METADATA
     if "X-Forwarded-For" in headers:
-        raise FORWARDED
+        return FORWARDED
+    return None
 
 
 def parse_token_query(
     query: Mapping[str, str], tenant_id: str, default_client_id: str | None
 ) -> TokenRequest:
-    """The request's meaning from its query alone: the same query always means the same."""
+    """Validate the query in IMDS's order: api-version, resource, identity. The same query
+    string always means the same request, so callers may remember the answer."""
     api_version = query.get("api-version")
     if not api_version:
         raise ImdsError(
@@ -223,11 +211,6 @@ class TokenAnswer:
             + b"}"
         )
         self._token = token
-
-
-def render_token(token: AccessToken, request: TokenRequest, now: float) -> bytes:
-    """The IMDS success body for a one-off answer (the hot path keeps a `TokenAnswer`)."""
-    return TokenAnswer(request).render(token, now)
 
 
 def error_for(exc: TokenError) -> ImdsError:

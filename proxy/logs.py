@@ -1,9 +1,10 @@
 """Structured logs: JSON lines (or key=value for people), one configuration for every logger.
 
-structlog's own loggers do the per-request line with a level check that costs nothing
-when disabled and a short processor chain when enabled. Standard-library loggers
-(aiohttp, MSAL, asyncio) are rendered by the same chain, so an operator reads one format.
-A redaction step removes anything shaped like a JWT from every line, whoever wrote it.
+structlog writes the events (an exchange, a failure, start and stop); standard-library
+loggers (aiohttp, MSAL, asyncio) are rendered by the same chain, so an operator reads one
+format. The per-request line is formatted by `proxy.requestlog` in the same shape, into
+the same buffered stream. A redaction step removes anything shaped like a JWT from every
+line, whoever wrote it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prometheus metrics, collected at scrape time from plain counters.
 
-The hot path only adds to integers and a bucket list (`RequestMetrics.observe`); names,
+The hot path only adds to integers and a bucket list (`RouteMetrics.observe`); names,
 labels and cumulative buckets are produced when Prometheus scrapes. Labels are bounded:
 routes are a fixed set, failure kinds are a fixed set, and AADSTS codes are Entra's.
 """
@@ -83,9 +83,6 @@ class RequestMetrics:
         """The counters of one route; callers keep it, so a request pays no lookup."""
         return self.routes.setdefault(name, RouteMetrics())
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        self.route(route).observe(status, seconds)
-
 
 class ExchangeMetrics:
     """Entra exchanges by outcome (and AADSTS code), with their latency."""
@@ -93,6 +90,7 @@ class ExchangeMetrics:
     def __init__(self) -> None:
         self.outcomes: dict[tuple[str, str], int] = {}
         self.latency = Histogram(EXCHANGE_BUCKETS)
+        self._codes: set[str] = set()
 
     def metered(
         self, exchange: Exchange, clock: Callable[[], float] = time.perf_counter
@@ -115,8 +113,11 @@ class ExchangeMetrics:
         return timed
 
     def _count(self, outcome: str, aadsts: str) -> None:
-        if aadsts and len({a for _, a in self.outcomes}) >= MAX_AADSTS_LABELS:
-            aadsts = "other"
+        if aadsts and aadsts not in self._codes:
+            if len(self._codes) >= MAX_AADSTS_LABELS:
+                aadsts = "other"
+            else:
+                self._codes.add(aadsts)
         key = (outcome, aadsts)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 

@@ -4,8 +4,8 @@ structlog's processor chain costs about as much per line as aiohttp spends answe
 cached token, so the request line is formatted here from pre-escaped pieces, in the same
 shape structlog renders (same keys and order, `level`, ISO `timestamp` in UTC), and
 appended to the shared buffered log stream. The console format, for people, goes through
-structlog. Values that come from callers are JSON-escaped and redacted (`proxy.logs.redact`)
-once, where they are first seen, not per request.
+structlog. Values that come from callers are JSON-escaped and redacted
+(`proxy.logs.redact_text`) once, where they are first seen, not per request.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class RequestLog:
     def _request_id(self, given: str | None) -> str:
         """The caller's id (Azure SDKs send x-ms-client-request-id), else a counter."""
         if given is None:
-            return str(next(self._ids))
+            return f'"{next(self._ids)}"'
         if _REQUEST_ID.match(given):
             return f'"{given}"'
-        return json.dumps(logs.redact_text(given[:64]))
+        return json.dumps(logs.redact_text(given)[:64])  # redact first: a cut JWT slips by

@@ -38,13 +38,6 @@ USER_AGENT = (
 )
 
 
-def _service_account_expiry(assertion: AssertionSource) -> float | None:
-    try:
-        return assertion.current().expires_at
-    except CredentialUnavailable:
-        return None
-
-
 class ProxyServer:
     """The proxy as a running service: token listener, metrics listener, background work."""
 
@@ -70,10 +63,12 @@ class ProxyServer:
                 self.proxy.request_metrics,
                 self.exchange_metrics,
                 self.cache,
-                lambda: _service_account_expiry(self.assertion),
+                lambda: self._service_account_expires_at,
             )
         )
         self._runners: list[web.BaseRunner] = []
+        self._service_account_expires_at: float | None = None
+        """As the watch last read it: a scrape must not read the file on the loop."""
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -85,8 +80,8 @@ class ProxyServer:
             web.Server(handler, access_log=None), handle_signals=False, shutdown_timeout=grace
         )
         await runner.setup()
+        self._runners.append(runner)  # before binding: stop() cleans up even if that fails
         await web.TCPSite(runner, s.host, s.port).start()
-        self._runners.append(runner)
         if s.metrics_port:
             metrics = web.AppRunner(
                 self._metrics_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
@@ -136,8 +131,10 @@ class ProxyServer:
             try:
                 expires_at = (await asyncio.to_thread(self.assertion.current)).expires_at
             except CredentialUnavailable as exc:
+                self._service_account_expires_at = None
                 log.warning("service-account token unavailable", reason=exc.description)
             else:
+                self._service_account_expires_at = expires_at
                 left = None if expires_at is None else expires_at - time.time()
                 if left is not None and left < SA_EXPIRY_WARNING:
                     log.warning(
@@ -168,8 +165,8 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     server = ProxyServer(settings)
-    await server.start()
     try:
+        await server.start()
         await stopping.wait()
         log.info("shutting down", grace_seconds=settings.shutdown_grace)
     finally:

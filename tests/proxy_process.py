@@ -23,9 +23,10 @@ from typing import Any
 
 import requests
 
+from proxy.imds import TOKEN_PATH
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
-TOKEN_PATH = "/metadata/identity/oauth2/token"
 
 
 def free_port() -> int:

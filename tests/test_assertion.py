@@ -283,3 +283,8 @@ def test_repr_never_shows_the_token(token_path: Path, clock: FakeClock) -> None:
         for part in jwt.split("."):
             assert part not in text
     assert "expires_at" in repr(token)
+
+
+def test_an_absurd_exp_does_not_crash_the_reader(token_path: Path, clock: FakeClock) -> None:
+    token_path.write_text(make_jwt(exp=10**400))
+    assert AssertionSource(str(token_path), clock).current().expires_at is None

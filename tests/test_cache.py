@@ -448,8 +448,34 @@ async def test_a_thousand_concurrent_misses_share_one_failure(
     exchange.gate.set()
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert len(exchange.calls) == 1
-    assert all(r is failure for r in results)
+    assert all(type(r) is type(failure) and str(r) == str(failure) for r in results)
+    # Each waiter raises its own copy: one shared object would chain all 1,000 waiters'
+    # frames (and the requests they hold) onto its traceback.
+    assert len({id(r) for r in results}) == len(results)
+    assert max(traceback_depth(r) for r in results) < 10
     assert cache.stats.exchange_failures == 1
+
+
+def traceback_depth(exc: BaseException) -> int:
+    depth, tb = 0, exc.__traceback__
+    while tb is not None:
+        depth, tb = depth + 1, tb.tb_next
+    return depth
+
+
+async def test_a_remembered_rejection_does_not_grow_with_each_replay(
+    exchange: FakeExchange, clock: FakeClock
+) -> None:
+    cache = make_cache(exchange, clock)
+    exchange.failure = rejected()
+    replays = []
+    for _ in range(200):
+        with pytest.raises(EntraRejected) as raised:
+            await cache.get(KEY)
+        replays.append(raised.value)
+    assert len(exchange.calls) == 1
+    assert max(traceback_depth(r) for r in replays) < 10
+    assert all(r.aadsts == "700213" and r.status == 400 for r in replays)
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_exchange(
@@ -505,7 +531,7 @@ async def test_throttling_blocks_until_retry_after_and_replays_the_remainder(
     with pytest.raises(EntraThrottled) as replayed:
         await cache.get(KEY)
     assert replayed.value.retry_after == pytest.approx(20.0)
-    assert imds.error_for(replayed.value).headers()["Retry-After"] == "20"
+    assert imds.error_for(replayed.value).headers["Retry-After"] == "20"
     clock.now = T0 + 29.5
     with pytest.raises(EntraThrottled) as late:
         await cache.get(KEY)

@@ -54,7 +54,7 @@ def test_the_webhooks_arguments_and_environment() -> None:
     assert settings.port == 8001
     assert settings.log_level == "debug"
     assert settings.client_id == CLIENT
-    assert settings.authority == f"https://login.microsoftonline.us/{TENANT}"
+    assert settings.authority_host == "https://login.microsoftonline.us/"
 
 
 @pytest.mark.parametrize("name", ["AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE"])
@@ -103,20 +103,8 @@ def test_authority_host_must_be_https_with_a_host(host: str) -> None:
     assert "https" in message
 
 
-@pytest.mark.parametrize(
-    ("host", "authority"),
-    [
-        ("https://login.microsoftonline.com/", f"https://login.microsoftonline.com/{TENANT}"),
-        ("https://login.chinacloudapi.cn", f"https://login.chinacloudapi.cn/{TENANT}"),
-        ("https://127.0.0.1:8443/", f"https://127.0.0.1:8443/{TENANT}"),
-    ],
-)
-def test_authority_is_host_plus_tenant(host: str, authority: str) -> None:
-    assert load(AZURE_AUTHORITY_HOST=host).authority == authority
-
-
-def test_default_authority() -> None:
-    assert load().authority == f"https://login.microsoftonline.com/{TENANT}"
+def test_default_authority_host() -> None:
+    assert load().authority_host == "https://login.microsoftonline.com/"
 
 
 @pytest.mark.parametrize(

@@ -225,3 +225,21 @@ def test_a_taken_metrics_port_does_not_cost_the_app_its_tokens(
             proxy.stop()
     failed = [line for line in proxy.logs() if line["event"] == "cannot serve metrics"]
     assert failed and failed[0]["port"] == port and failed[0]["level"] == "error"
+
+
+def test_a_taken_proxy_port_is_one_clear_error(fake_entra: FakeEntra, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", f"--proxy-port={port}", "--metrics-port=0"],
+            env={**fake_entra.env(), "PATH": "/usr/bin:/bin"},
+            cwd=ROOT,
+            capture_output=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    output = (done.stdout + done.stderr).decode()
+    assert "cannot start the proxy server" in output
+    assert "Traceback" not in output and "Unclosed" not in output

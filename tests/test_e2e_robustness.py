@@ -10,8 +10,9 @@ from pathlib import Path
 
 import requests
 
+from proxy.imds import TOKEN_PATH
 from tests.fake_entra import FakeEntra
-from tests.proxy_process import TOKEN_PATH, ProxyProcess, running_proxy
+from tests.proxy_process import ProxyProcess, running_proxy
 from tests.test_e2e_operations import sample
 
 META = {"Metadata": "true"}

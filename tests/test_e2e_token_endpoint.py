@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import requests
 
+from proxy.imds import TOKEN_PATH
 from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
 from tests.imds_contract import TOKEN_FIELDS
 from tests.jwt_claims import claims
-from tests.proxy_process import TOKEN_PATH, FakeImds, ProxyProcess, free_port, running_proxy
+from tests.proxy_process import FakeImds, ProxyProcess, free_port, running_proxy
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

@@ -14,8 +14,8 @@ from proxy.imds import (
     TokenAnswer,
     TokenRequest,
     error_for,
-    parse_token_request,
-    render_token,
+    header_error,
+    parse_token_query,
 )
 from proxy.tokens.errors import (
     CredentialUnavailable,
@@ -54,12 +54,11 @@ def parse(
     qs: Mapping[str, str] | None = None,
     default_client_id: str | None = DEFAULT_CLIENT,
 ) -> TokenRequest:
-    return parse_token_request(
-        headers() if hdrs is None else hdrs,
-        query() if qs is None else qs,
-        TENANT,
-        default_client_id,
-    )
+    """What the proxy does per request: the headers first, then the query."""
+    refused = header_error(headers() if hdrs is None else hdrs)
+    if refused is not None:
+        raise refused
+    return parse_token_query(query() if qs is None else qs, TENANT, default_client_id)
 
 
 def rejects(
@@ -73,7 +72,7 @@ def rejects(
 
 
 def body_of(error: ImdsError) -> dict[str, str]:
-    decoded = json.loads(error.body())
+    decoded = json.loads(error.body)
     assert isinstance(decoded, dict)
     assert set(decoded) == {"error", "error_description"}
     return decoded
@@ -243,7 +242,7 @@ def test_scope_for(resource: str, scope: str) -> None:
 def test_render_token_has_exactly_the_imds_keys_all_strings() -> None:
     token = make_token()
     request = parse()
-    body = json.loads(render_token(token, request, NOW))
+    body = json.loads(TokenAnswer(request).render(token, NOW))
     assert set(body) == IMDS_KEYS
     assert all(isinstance(value, str) for value in body.values())
     assert body == {
@@ -283,7 +282,7 @@ def test_expires_in_counts_from_now_on_memoised_fragments(
 
 def test_expires_in_never_goes_negative() -> None:
     token = make_token()
-    body = json.loads(render_token(token, parse(), token.expires_on + 30))
+    body = json.loads(TokenAnswer(parse()).render(token, token.expires_on + 30))
     assert body["expires_in"] == "0"
 
 
@@ -292,23 +291,23 @@ def test_each_request_echoes_its_own_resource_for_a_shared_token() -> None:
     plain = parse(qs=query(resource=VAULT))
     suffixed = parse(qs=query(resource=VAULT + "/.default"))
     assert plain.key == suffixed.key
-    assert json.loads(render_token(token, plain, NOW))["resource"] == VAULT
-    assert json.loads(render_token(token, suffixed, NOW))["resource"] == VAULT + "/.default"
-    assert json.loads(render_token(token, plain, NOW))["resource"] == VAULT
+    assert json.loads(TokenAnswer(plain).render(token, NOW))["resource"] == VAULT
+    assert json.loads(TokenAnswer(suffixed).render(token, NOW))["resource"] == VAULT + "/.default"
+    assert json.loads(TokenAnswer(plain).render(token, NOW))["resource"] == VAULT
 
 
 def test_each_client_id_is_rendered_for_a_shared_token() -> None:
     token = make_token()
     ours = parse()
     theirs = parse(qs=query(client_id=OTHER_CLIENT))
-    assert json.loads(render_token(token, ours, NOW))["client_id"] == DEFAULT_CLIENT
-    assert json.loads(render_token(token, theirs, NOW))["client_id"] == OTHER_CLIENT
+    assert json.loads(TokenAnswer(ours).render(token, NOW))["client_id"] == DEFAULT_CLIENT
+    assert json.loads(TokenAnswer(theirs).render(token, NOW))["client_id"] == OTHER_CLIENT
 
 
 def test_resource_with_quotes_backslashes_and_unicode_is_json_escaped() -> None:
     resource = 'https://example.com/"quoted"\\path/caf\u00e9/\u2603/\U0001f511'
     request = parse(qs=query(resource=resource))
-    raw = render_token(make_token(value='tok"en\\'), request, NOW)
+    raw = TokenAnswer(request).render(make_token(value='tok"en\\'), NOW)
     raw.decode("utf-8")
     body = json.loads(raw)
     assert body["resource"] == resource
@@ -328,8 +327,8 @@ def test_rejection_is_400_with_the_aadsts_text(aadsts: str | None, code: str) ->
     error = error_for(EntraRejected("invalid_request", description, aadsts, 400))
     assert error.status == 400
     assert body_of(error) == {"error": code, "error_description": description}
-    assert "Retry-After" not in error.headers()
-    assert error.headers()["Content-Type"].startswith("application/json")
+    assert "Retry-After" not in error.headers
+    assert error.headers["Content-Type"].startswith("application/json")
 
 
 @pytest.mark.parametrize(
@@ -342,7 +341,7 @@ def test_throttling_is_429_with_retry_after_ceiled_and_at_least_one(
     error = error_for(EntraThrottled("Too many requests", retry_after=retry_after))
     assert error.status == 429
     assert body_of(error)["error_description"] == "Too many requests"
-    assert error.headers()["Retry-After"] == header
+    assert error.headers["Retry-After"] == header
 
 
 @pytest.mark.parametrize(("retry_after", "header"), [(4.5, "5"), (0.01, "1")])
@@ -353,13 +352,13 @@ def test_unavailable_is_503_with_retry_after_when_known(retry_after: float, head
         "error": "temporarily_unavailable",
         "error_description": "Entra ID timed out",
     }
-    assert error.headers()["Retry-After"] == header
+    assert error.headers["Retry-After"] == header
 
 
 def test_unavailable_without_retry_after_is_503_without_the_header() -> None:
     error = error_for(EntraUnavailable("Entra ID timed out"))
     assert error.status == 503
-    assert "Retry-After" not in error.headers()
+    assert "Retry-After" not in error.headers
 
 
 def test_credential_unavailable_is_a_retryable_5xx() -> None:

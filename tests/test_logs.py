@@ -9,6 +9,7 @@ import logging
 import structlog
 
 from proxy import logs
+from proxy.requestlog import RequestLog
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
@@ -56,3 +57,15 @@ def test_console_format_is_key_value() -> None:
     logs.get_logger("t").info("an event", client_id="abc")
     text = stream.getvalue()
     assert "an event" in text and "client_id=abc" in text and not text.startswith("{")
+
+
+def test_a_token_sent_as_request_id_is_redacted_before_it_is_cut() -> None:
+    stream = io.StringIO()
+    request_log = RequestLog("info", "json", stream=stream)
+    token = JWT + "x" * 100  # longer than the 64 characters kept
+    request_log.write("received token request", "GET", "/p", 200, 0.001, token)
+    request_log.write("received token request", "GET", "/p", 200, 0.001, None)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "eyJ" not in stream.getvalue()
+    assert first["request_id"].startswith("[redacted]")
+    assert isinstance(second["request_id"], str)  # one type for log pipelines

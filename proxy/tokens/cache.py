@@ -152,12 +152,14 @@ class TokenCache:
             now = self._clock()
             if entry.failure is not None and now < entry.blocked_until:
                 self.stats.failures_replayed += 1
-                return self._serve_despite(entry, now, _replay(entry.failure, entry, now))
+                remaining = entry.blocked_until - now
+                return self._serve_despite(entry, now, entry.failure.again(remaining))
             task = self._start_exchange(key, entry, "request")
         try:
             return await asyncio.shield(task)
-        except (EntraUnavailable, EntraThrottled) as exc:
-            return self._serve_despite(entry, self._clock(), exc)
+        except TokenError as exc:  # shared by every waiter: each raises its own copy
+            failure = exc.again()
+        return self._serve_despite(entry, self._clock(), failure)
 
     async def prefetch(self, keys: Iterable[TokenKey]) -> None:
         """Fill the cache at start so the first app request is a hit; failures are logged."""
@@ -191,9 +193,9 @@ class TokenCache:
     def _entry_for(self, key: TokenKey) -> _Entry:
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry()
-            if len(self._entries) > self.policy.max_entries:
+            if len(self._entries) >= self.policy.max_entries:
                 self._evict_one()
+            entry = self._entries[key] = _Entry()
         else:
             self._entries.move_to_end(key)
         return entry
@@ -263,7 +265,7 @@ class TokenCache:
     def _remember_failure(self, key: TokenKey, entry: _Entry, exc: TokenError) -> None:
         now = self._clock()
         self.stats.exchange_failures += 1
-        entry.failure = exc
+        entry.failure = exc.again()
         if isinstance(exc, EntraRejected):
             entry.blocked_until = now + self.policy.rejected_ttl
         elif isinstance(exc, EntraThrottled):
@@ -303,16 +305,6 @@ class TokenCache:
             self.stats.stale_served += 1
             return token
         raise exc
-
-
-def _replay(failure: TokenError, entry: _Entry, now: float) -> TokenError:
-    """The remembered failure, with Retry-After counting down to when a call is allowed."""
-    remaining = max(entry.blocked_until - now, 0.0)
-    if isinstance(failure, EntraThrottled):
-        return EntraThrottled(failure.description, retry_after=remaining)
-    if isinstance(failure, EntraUnavailable):
-        return EntraUnavailable(failure.description, retry_after=remaining)
-    return failure
 
 
 def _retrieve_exception(task: asyncio.Task[AccessToken]) -> None:

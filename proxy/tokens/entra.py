@@ -21,6 +21,7 @@ import requests
 from msal.exceptions import MsalServiceError
 
 from proxy.assertion import AssertionSource
+from proxy.logs import redact_text
 from proxy.tokens.errors import (
     EntraRejected,
     EntraThrottled,
@@ -30,7 +31,6 @@ from proxy.tokens.errors import (
 from proxy.tokens.model import AccessToken, TokenKey
 
 _AADSTS = re.compile(r"AADSTS(\d+)")
-_JWT_LIKE = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*")
 _DEFAULT_RETRY_AFTER = 5.0
 
 
@@ -65,6 +65,7 @@ class EntraExchange:
     def exchange_blocking(self, key: TokenKey) -> AccessToken:
         """One round trip to Entra ID (plus discovery the first time for this identity)."""
         self._assertion.current()  # a missing or expired file fails here, not inside MSAL
+        self._http.forget()
         app = self._app_for(key.tenant_id, key.client_id)
         started = self._clock()
         try:
@@ -77,8 +78,13 @@ class EntraExchange:
             status, retry_after = self._http.last_response()
             result = {"error": "server_error", "error_description": f"Entra ID answered {status}"}
             raise _failure_from(result, status, retry_after) from None
-        except ValueError as exc:  # MSAL refuses some scopes locally (e.g. reserved ones)
-            raise EntraRejected("invalid_resource", _safe(str(exc)), None, 400) from None
+        except ValueError as exc:
+            status, retry_after = self._http.last_response()
+            if status is None:  # MSAL refused the scope itself (e.g. a reserved one)
+                raise EntraRejected("invalid_resource", redact_text(str(exc)), None, 400) from None
+            # An answer that is not JSON (a proxy's error page, an odd 429): judge by status.
+            body = {"error": "invalid_response", "error_description": f"Entra ID answered {status}"}
+            raise _failure_from(body, 503 if status < 400 else status, retry_after) from None
         status, retry_after = self._http.last_response()
         if "access_token" in result:
             return _token_from(result, started)
@@ -108,7 +114,9 @@ class EntraExchange:
                 f"Entra ID discovery at {self._authority_host} failed: {_describe(exc)}"
             ) from None
         except ValueError as exc:  # MSAL: the authority answered but is not usable
-            raise EntraUnavailable(f"Entra ID authority is not usable: {_safe(str(exc))}") from None
+            raise EntraUnavailable(
+                f"Entra ID authority is not usable: {redact_text(str(exc))}"
+            ) from None
 
 
 class RecordingHttpClient:
@@ -135,6 +143,10 @@ class RecordingHttpClient:
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         # `verify` per request: requests lets REQUESTS_CA_BUNDLE override a session's.
         return {**kwargs, "timeout": self._timeout, "verify": self._verify}
+
+    def forget(self) -> None:
+        """Start an exchange with no response recorded (a failure before sending reads none)."""
+        self._local.status = self._local.retry_after = None
 
     def last_response(self) -> tuple[int | None, str | None]:
         return getattr(self._local, "status", None), getattr(self._local, "retry_after", None)
@@ -202,7 +214,7 @@ def _failure_from(
     result: dict[str, Any], status: int | None, retry_after: str | None
 ) -> TokenError:
     error = str(result.get("error", "unknown_error"))
-    description = _safe(str(result.get("error_description", error)))
+    description = redact_text(str(result.get("error_description", error)))
     codes = result.get("error_codes") or []
     match = _AADSTS.search(description)
     aadsts = str(codes[0]) if codes else (match.group(1) if match else None)
@@ -233,8 +245,3 @@ def _describe(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.ConnectionError):
         return "connection failed"
     return type(exc).__name__
-
-
-def _safe(text: str) -> str:
-    """Entra's text, with anything shaped like a JWT removed, whatever it quotes."""
-    return _JWT_LIKE.sub("[redacted]", text)

@@ -7,15 +7,26 @@ HTTP status and an IMDS error body. Messages never carry a token or an assertion
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class TokenError(Exception):
-    """Base of every failure to produce a token; `description` is safe to show callers."""
+    """Base of every failure to produce a token; `description` is safe to show callers.
+
+    A failure is remembered and handed to many callers, so it is never raised twice:
+    `again` makes a fresh copy (raising one object repeatedly would chain every raiser's
+    frames, and the requests they hold, onto its traceback).
+    """
 
     kind = "error"
 
     def __init__(self, description: str) -> None:
         super().__init__(description)
         self.description = description
+
+    def again(self, retry_after: float | None = None) -> Self:
+        """The same failure, new and without a traceback (`retry_after` where it applies)."""
+        return type(self)(self.description)
 
 
 class EntraRejected(TokenError):
@@ -32,6 +43,9 @@ class EntraRejected(TokenError):
         self.aadsts = aadsts
         self.status = status
 
+    def again(self, retry_after: float | None = None) -> Self:
+        return type(self)(self.error, self.description, self.aadsts, self.status)
+
 
 class EntraThrottled(TokenError):
     """Entra ID answered 429: no call for this identity before `retry_after` seconds."""
@@ -42,6 +56,11 @@ class EntraThrottled(TokenError):
         super().__init__(description)
         self.retry_after = retry_after
 
+    def again(self, retry_after: float | None = None) -> Self:
+        return type(self)(
+            self.description, self.retry_after if retry_after is None else retry_after
+        )
+
 
 class EntraUnavailable(TokenError):
     """Entra ID could not be reached, timed out or answered 5xx: transient, back off."""
@@ -51,6 +70,11 @@ class EntraUnavailable(TokenError):
     def __init__(self, description: str, retry_after: float | None = None) -> None:
         super().__init__(description)
         self.retry_after = retry_after
+
+    def again(self, retry_after: float | None = None) -> Self:
+        return type(self)(
+            self.description, self.retry_after if retry_after is None else retry_after
+        )
 
 
 class CredentialUnavailable(TokenError):

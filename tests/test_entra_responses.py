@@ -1,0 +1,115 @@
+"""How `EntraExchange` reads answers the fake Entra ID never gives: a token endpoint that
+answers with something other than JSON (an HTTPS proxy's error page, an odd 429).
+
+A minimal TLS server stands in for Entra ID here; MSAL talks to it for real.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from proxy.assertion import AssertionSource
+from proxy.devissuer.pki import generate_tls_files
+from proxy.tokens.entra import EntraExchange
+from proxy.tokens.errors import EntraRejected, EntraThrottled, EntraUnavailable
+from proxy.tokens.model import TokenKey
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+KEY = TokenKey(TENANT, "11111111-2222-3333-4444-555555555555", "https://vault.azure.net/.default")
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Endpoint:
+    authority_host: str
+    ca_bundle: str
+    answer: Answer
+
+
+@pytest.fixture
+async def endpoint(tmp_path: Path) -> AsyncIterator[Endpoint]:
+    tls = generate_tls_files(tmp_path / "pki")
+    answer = Answer()
+
+    async def discovery(request: web.Request) -> web.Response:
+        base = f"https://{request.host}/{TENANT}"
+        return web.json_response(
+            {
+                "issuer": f"{base}/v2.0",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+            }
+        )
+
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(status=answer.status, text=answer.body, headers=answer.headers)
+
+    app = web.Application()
+    app.router.add_get(f"/{TENANT}/v2.0/.well-known/openid-configuration", discovery)
+    app.router.add_post(f"/{TENANT}/oauth2/v2.0/token", token)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_context())
+    await site.start()
+    port = runner.addresses[0][1]
+    yield Endpoint(f"https://127.0.0.1:{port}/", str(tls.ca_bundle), answer)
+    await runner.cleanup()
+
+
+def exchange_for(endpoint: Endpoint, tmp_path: Path) -> EntraExchange:
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": time.time() + 3600}).encode())
+    token_file = tmp_path / "token"
+    token_file.write_text("eyJhbGciOiJub25lIn0." + claims.decode().rstrip("=") + ".sig")
+    return EntraExchange(
+        endpoint.authority_host,
+        AssertionSource(str(token_file)),
+        ca_bundle=endpoint.ca_bundle,
+        timeout=5,
+    )
+
+
+async def test_a_non_json_429_is_throttling_with_its_retry_after(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    endpoint.answer.status, endpoint.answer.body = 429, "<html>slow down</html>"
+    endpoint.answer.headers = {"Retry-After": "120"}
+    with pytest.raises(EntraThrottled) as raised:
+        await exchange_for(endpoint, tmp_path)(KEY)
+    assert raised.value.retry_after == 120
+
+
+async def test_a_proxy_error_page_is_a_rejection_not_a_bad_resource(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    endpoint.answer.status, endpoint.answer.body = 407, "<html>proxy authentication</html>"
+    with pytest.raises(EntraRejected) as raised:
+        await exchange_for(endpoint, tmp_path)(KEY)
+    assert raised.value.status == 407 and raised.value.error != "invalid_resource"
+
+
+async def test_a_non_json_200_is_an_outage(endpoint: Endpoint, tmp_path: Path) -> None:
+    endpoint.answer.status, endpoint.answer.body = 200, "<html>captive portal</html>"
+    with pytest.raises(EntraUnavailable):
+        await exchange_for(endpoint, tmp_path)(KEY)
+
+
+async def test_a_json_answer_still_gives_a_token(endpoint: Endpoint, tmp_path: Path) -> None:
+    endpoint.answer.body = json.dumps(
+        {"token_type": "Bearer", "expires_in": 3599, "access_token": "eyJ.a.b"}
+    )
+    token = await exchange_for(endpoint, tmp_path)(KEY)
+    assert token.value == "eyJ.a.b" and 3590 < token.expires_on - time.time() <= 3599
