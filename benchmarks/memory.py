@@ -7,12 +7,11 @@ from the interpreter and its dependencies.
 
 from __future__ import annotations
 
-import os
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.processes import first_line
 
 BASELINE_MODULES = ("aiohttp", "msal", "structlog", "prometheus_client", "requests")
 START_TIMEOUT = 30.0
@@ -40,26 +39,10 @@ def import_baseline_kib(modules: tuple[str, ...] = BASELINE_MODULES) -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert proc.stdout is not None
-        _wait_for_line(proc, proc.stdout.fileno(), START_TIMEOUT)
+        first_line(proc, START_TIMEOUT, "baseline process")
         return rss_kib(proc.pid)
     finally:
         proc.kill()
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-def _wait_for_line(proc: subprocess.Popen[bytes], fd: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"\n" not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise RuntimeError(f"baseline process not ready within {timeout:g}s")
-        ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-        if ready:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                raise RuntimeError(f"baseline process exited with {proc.wait(timeout=5)}")
-            buf += chunk

@@ -32,6 +32,7 @@ import requests
 
 from benchmarks import memory, stampede, wrk
 from tests.fake_entra import FakeEntra
+from tests.processes import answering
 from tests.proxy_process import ROOT, ProxyProcess, free_port
 
 RESOURCE = "https://management.azure.com/"
@@ -127,7 +128,7 @@ def running_bare(workdir: Path, body_size: int) -> Iterator[tuple[int, str]]:
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
     try:
-        _wait_answering(proc, url)
+        answering(proc, url, START_TIMEOUT, "bare server")
         yield proc.pid, url
     finally:
         proc.terminate()
@@ -136,19 +137,6 @@ def running_bare(workdir: Path, body_size: int) -> Iterator[tuple[int, str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-
-
-def _wait_answering(proc: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    with _session() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bare server exited with {proc.returncode}")
-            with contextlib.suppress(requests.RequestException):
-                if session.get(url, timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-    raise RuntimeError(f"bare server not answering within {START_TIMEOUT:g}s")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -22,10 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +33,7 @@ import pytest
 import requests
 
 from proxy.devissuer.server import LocalIssuer
+from tests.processes import NotReady, first_line
 
 START_TIMEOUT = 30.0
 CONTROL_TIMEOUT = 10.0
@@ -104,7 +103,10 @@ class FakeEntra:
                 cwd=Path(__file__).resolve().parent.parent,
             )
         try:
-            line = self._read_line(self._start_timeout)
+            try:
+                line = first_line(self._proc, self._start_timeout, "issuer")
+            except NotReady as exc:
+                raise FakeEntraError(f"{exc}{self._log_tail()}") from None
             self._info = LocalIssuer.from_json(json.loads(line))
         except Exception:
             self.stop()
@@ -114,24 +116,6 @@ class FakeEntra:
         session.verify = self._info.ca_bundle
         self._session = session
         return self
-
-    def _read_line(self, timeout: float) -> str:
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        buf = b""
-        while b"\n" not in buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FakeEntraError(f"issuer did not start within {timeout:g}s{self._log_tail()}")
-            ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    code = self._proc.wait(timeout=5)
-                    raise FakeEntraError(f"issuer exited with {code}{self._log_tail()}")
-                buf += chunk
-        return buf.split(b"\n", 1)[0].decode()
 
     def _log_tail(self) -> str:
         with contextlib.suppress(OSError):

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import requests
 
 from proxy.imds import TOKEN_PATH
+from tests.processes import NotReady, answering
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
@@ -95,16 +95,11 @@ class ProxyProcess:
         return self
 
     def _wait(self, path: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"proxy exited with {self.proc.returncode}:\n{self.log_text()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.base + path, timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"proxy not answering {path} in {START_TIMEOUT}s:\n{self.log_text()}")
+        assert self.proc is not None
+        try:
+            answering(self.proc, self.base + path, START_TIMEOUT, "proxy")
+        except NotReady as exc:
+            raise RuntimeError(f"{exc}:\n{self.log_text()}") from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal the process and wait for it; returns its exit code."""

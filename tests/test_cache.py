@@ -452,7 +452,7 @@ async def test_a_thousand_concurrent_misses_share_one_failure(
     # Each waiter raises its own copy: one shared object would chain all 1,000 waiters'
     # frames (and the requests they hold) onto its traceback.
     assert len({id(r) for r in results}) == len(results)
-    assert max(traceback_depth(r) for r in results) < 10
+    assert max(traceback_depth(r) for r in results if isinstance(r, BaseException)) < 10
     assert cache.stats.exchange_failures == 1
 
 
