@@ -771,3 +771,18 @@ async def test_close_without_exchanges_returns(exchange: FakeExchange, clock: Fa
     await asyncio.wait_for(cache.close(), timeout=1)
     assert exchange.cancelled == 0
     assert cache.lookup(KEY) is not None
+
+
+async def test_entries_holding_only_a_failure_are_evicted_before_tokens(
+    exchange: FakeExchange, clock: FakeClock
+) -> None:
+    """A flood of rejected resources must not push good tokens out of the cache."""
+    cache = make_cache(exchange, clock, max_entries=3)
+    await cache.get(KEY)
+    await cache.get(OTHER)
+    exchange.failure = rejected()
+    for i in range(10):
+        with pytest.raises(EntraRejected):
+            await cache.get(TokenKey(TENANT, CLIENT, f"https://bad-{i}.example/.default"))
+    assert cache.lookup(KEY) is not None and cache.lookup(OTHER) is not None
+    assert len(cache) == 3 and cache.stats.evictions == 9

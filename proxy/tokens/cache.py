@@ -201,13 +201,17 @@ class TokenCache:
         return entry
 
     def _evict_one(self) -> None:
-        """Drop the least recently used entry that has no exchange under way (one that has
-        would be fetched again by its waiters' next request, doubling the Entra calls)."""
-        for key, entry in self._entries.items():
-            if entry.inflight is None:
-                del self._entries[key]
-                self.stats.evictions += 1
-                return
+        """Drop the least recently used entry that holds only a remembered failure, else the
+        least recently used one; never one with an exchange under way (its waiters' next
+        request would start another). A flood of rejected resources thus costs good tokens
+        nothing. Runs only on a miss, which costs an Entra call anyway, so a scan is fine."""
+        idle = [(key, entry) for key, entry in self._entries.items() if entry.inflight is None]
+        victim = next((key for key, entry in idle if entry.token is None), None)
+        if victim is None and idle:
+            victim = idle[0][0]
+        if victim is not None:
+            del self._entries[victim]
+            self.stats.evictions += 1
 
     def _start_exchange(
         self, key: TokenKey, entry: _Entry, trigger: str
