@@ -74,10 +74,12 @@ class RequestLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
             self._stamp += f".{millis % 1000:03d}Z"
         rid = self._request_id(request_id)
-        stream = self._stream or logs.stream()
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = logs.stream()
         stream.write(
             f'{{"method": {self._escape(method)}, "path": {self._escape(path)}, '
-            f'"status": {status}, "duration_ms": {round(seconds * 1000, 3)}, '
+            f'"status": {status}, "duration_ms": {seconds * 1000:.3f}, '
             f'"request_id": {rid}{extra}, "event": {self._escape(event)}, "level": "info", '
             f'"timestamp": "{self._stamp}"}}\n'
         )
