@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 from urllib.parse import urlsplit
 
 from proxy import __version__
@@ -53,6 +54,10 @@ class Settings:
     prefetch_resources: tuple[str, ...] = field(default_factory=tuple)
 
 
+_DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+"""The flags' defaults are the settings' defaults: one place to change them."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imds-proxy",
@@ -62,29 +67,58 @@ def build_parser() -> argparse.ArgumentParser:
         "HTTPS_PROXY/NO_PROXY. Subcommand: `imds-proxy dev` runs it against a local issuer.",
     )
     add = parser.add_argument
-    add("--proxy-port", type=int, default=8000, help="port for IMDS requests (default 8000)")
-    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: pod-local)")
-    add("--log-level", default="info", type=_log_level, help="debug, info, warning, error")
-    add("--log-format", default="json", choices=("json", "console"))
+    add(
+        "--proxy-port",
+        type=int,
+        default=_DEFAULT["port"],
+        help="port for IMDS requests (default %(default)s)",
+    )
+    add("--host", default=_DEFAULT["host"], help="address to bind (default %(default)s: pod-local)")
+    add(
+        "--log-level",
+        default=_DEFAULT["log_level"],
+        type=_log_level,
+        help="debug, info, warning, error",
+    )
+    add("--log-format", default=_DEFAULT["log_format"], choices=("json", "console"))
     add(
         "--imds-upstream",
-        default=DEFAULT_IMDS_UPSTREAM,
+        default=_DEFAULT["imds_upstream"],
         help="where other /metadata/* requests go (default %(default)s)",
     )
-    add("--metrics-port", type=int, default=9090, help="Prometheus port; 0 turns it off")
-    add("--metrics-host", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
+    add(
+        "--metrics-port",
+        type=int,
+        default=_DEFAULT["metrics_port"],
+        help="Prometheus port; 0 turns it off",
+    )
+    add(
+        "--metrics-host",
+        default=_DEFAULT["metrics_host"],
+        help="metrics address (default %(default)s)",
+    )
     add(
         "--shutdown-grace",
         type=float,
-        default=5.0,
+        default=_DEFAULT["shutdown_grace"],
         help="seconds to finish in-flight requests on SIGTERM",
     )
-    add("--entra-timeout", type=float, default=10.0, help="seconds per call to Entra ID")
-    add("--cache-max-entries", type=int, default=1024, help="tokens kept at most (LRU)")
+    add(
+        "--entra-timeout",
+        type=float,
+        default=_DEFAULT["entra_timeout"],
+        help="seconds per call to Entra ID",
+    )
+    add(
+        "--cache-max-entries",
+        type=int,
+        default=_DEFAULT["cache_max_entries"],
+        help="tokens kept at most (LRU)",
+    )
     add(
         "--rejected-ttl",
         type=float,
-        default=5.0,
+        default=_DEFAULT["rejected_ttl"],
         help="seconds an Entra 4xx is answered from memory",
     )
     add(
