@@ -9,8 +9,9 @@ The tree holds the interpreter, its standard library less ``STDLIB_OMIT``, the v
 environment (the project and its dependencies as pip installed them), any ``--copy`` paths
 (the init image's iptables binaries and xtables modules) and then every shared library that
 an ELF file in the tree needs, found with ``ldd`` (so the closure follows whatever the
-dependencies link against). ``--strip-debug`` removes the debug sections of those binaries. Paths stay exactly as in the builder, symlinks included, so the
-venv's interpreter link and ``pyvenv.cfg`` stay valid. No shell, no package manager, no pip.
+dependencies link against). ``--strip-debug`` removes the debug sections of those binaries.
+Paths stay exactly as in the builder, symlinks included, so the venv's interpreter link and
+``pyvenv.cfg`` stay valid. No shell, no package manager, no pip.
 
 Bytecode is compiled for the whole tree with unchecked-hash pycs: the root filesystem is
 read-only and immutable, so Python can neither write nor needs to re-validate them, and a
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import fnmatch
+import functools
 import glob
 import os
 import py_compile
@@ -189,6 +191,11 @@ def needed_libraries(file: Path) -> list[str]:
     return [m.group(1) for m in map(_LDD_PATH.search, result.stdout.splitlines()) if m]
 
 
+def _left_out(stdlib: str, path: str) -> bool:
+    """Omitted from the stdlib, or optimised bytecode (nothing runs with -O here)."""
+    return omitted(path[len(stdlib) + 1 :]) or path.endswith((".opt-1.pyc", ".opt-2.pyc"))
+
+
 def stdlib_dirs() -> list[str]:
     paths = sysconfig.get_paths()
     return sorted({paths["stdlib"], paths["platstdlib"]})
@@ -207,11 +214,7 @@ def build(dest: Path, venv: str, extra: list[str], strip: bool = False) -> None:
     tree = Tree(dest)
     tree.copy(os.path.realpath(sys.executable))
     for stdlib in stdlib_dirs():
-        cut = len(stdlib) + 1
-        tree.copy(
-            stdlib,
-            skip=lambda p: omitted(p[cut:]) or p.endswith((".opt-1.pyc", ".opt-2.pyc")),
-        )
+        tree.copy(stdlib, skip=functools.partial(_left_out, stdlib))
     tree.copy(venv)
     for pattern in (*ALWAYS_COPY, *extra):
         matches = sorted(glob.glob(pattern))
