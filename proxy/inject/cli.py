@@ -1,0 +1,102 @@
+"""`imds-proxy inject [FILE|-]`: read manifests, write them injected (or uninjected) to stdout.
+
+Exit codes: 0 written; 1 a pod was refused (one line naming it and why; nothing written);
+2 bad arguments or input that is not YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from proxy.inject import additions, ledger, locate, yamlio
+
+_DEFAULTS = additions.Options()
+_BATCH = ("Job", "CronJob")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imds-proxy inject",
+        description="Add the IMDS proxy sidecar, the init container and the Workload ID "
+        "identity to Kubernetes manifests (Pod, Deployment, StatefulSet, DaemonSet, "
+        "ReplicaSet, Job, CronJob, List); other objects pass through untouched.",
+    )
+    add = parser.add_argument
+    add("file", nargs="?", default="-", help="manifest file; - or nothing for stdin")
+    add(
+        "--mode",
+        choices=additions.MODES,
+        default=_DEFAULTS.mode,
+        help="redirect: init container sends IMDS traffic to the proxy (default); endpoint: "
+        "App Service variables on the app containers, no privileged init container; both",
+    )
+    add("--classic", action="store_true", help="a regular sidecar container (Kubernetes < 1.29)")
+    add("--uninject", action="store_true", help="remove what inject added, and only that")
+    add("--client-id", help="AZURE_CLIENT_ID; without it and --tenant-id the webhook adds it")
+    add("--tenant-id", help="AZURE_TENANT_ID")
+    add("--authority-host", default=_DEFAULTS.authority_host, help="AZURE_AUTHORITY_HOST")
+    add("--image", default=_DEFAULTS.image, help="proxy image (default %(default)s)")
+    add("--init-image", default=_DEFAULTS.init_image, help="init image (default %(default)s)")
+    add("--proxy-port", type=int, default=_DEFAULTS.proxy_port, help="default %(default)s")
+    add("--metrics-port", type=int, default=_DEFAULTS.metrics_port, help="0: none")
+    add("--log-level", default=_DEFAULTS.log_level, help="the proxy's --log-level")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    opts = additions.Options(
+        mode=args.mode,
+        classic=args.classic,
+        client_id=args.client_id,
+        tenant_id=args.tenant_id,
+        authority_host=args.authority_host,
+        image=args.image,
+        init_image=args.init_image,
+        proxy_port=args.proxy_port,
+        metrics_port=args.metrics_port,
+        log_level=args.log_level,
+    )
+    source = "<stdin>" if args.file == "-" else args.file
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        docs = yamlio.split(text)
+    except (OSError, UnicodeDecodeError, yamlio.YamlError) as exc:
+        print(f"imds-proxy inject: {source}: {exc}", file=sys.stderr)
+        return 2
+    changed: list[bool] = []
+    for number, doc in enumerate(docs, start=1):
+        doc_changed = False
+        for where, pod in locate.pod_templates(doc.tree, f"{source}: document {number}"):
+            try:
+                done = transform(pod, opts, args.uninject, where)
+            except additions.InjectError as exc:
+                print(f"imds-proxy inject: {where}: {exc}", file=sys.stderr)
+                return 1
+            doc_changed = doc_changed or done
+        changed.append(doc_changed)
+    sys.stdout.write(yamlio.join(docs, changed))
+    return 0
+
+
+def transform(pod: object, opts: additions.Options, uninject: bool, where: str) -> bool:
+    """Inject (or take back) one pod; True if it changed. Notes go to stderr."""
+    if uninject:
+        return ledger.take_back(pod)
+    if ledger.recorded(pod) is not None:
+        return False  # already injected: a second run changes nothing
+    added = additions.inject(pod, opts)
+    if added is None:
+        print(f"imds-proxy inject: {where}: already has a proxy; left as it is", file=sys.stderr)
+        return False
+    ledger.record(pod, added)
+    if opts.classic and any(f"({kind}/" in where for kind in _BATCH):
+        print(
+            f"imds-proxy inject: {where}: a classic sidecar keeps a Job's pod running after "
+            "the app exits; prefer the native sidecar (without --classic)",
+            file=sys.stderr,
+        )
+    return True
