@@ -298,3 +298,36 @@ def test_the_real_command_reads_stdin_and_reverses() -> None:
         check=True,
     ).stdout
     assert restored == original
+
+
+@pytest.mark.parametrize(
+    ("manifest", "argv", "reason"),
+    [
+        (
+            f"kind: Pod\nmetadata:\n  annotations:\n    {ANNOTATION}: '{{bad'\n"
+            "spec:\n  containers:\n    - name: a\n",
+            ["--uninject"],
+            "cannot be read",
+        ),
+        ("kind: Pod\nspec:\n  containers:\n    - image: a\n", IDENTITY, "needs a name"),
+    ],
+)
+def test_pods_it_cannot_handle_are_refused_in_one_line(
+    manifest: str,
+    argv: list[str],
+    reason: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_text(manifest)
+    code, out, err = _run(capsys, path, *argv)
+    assert (code, out) == (1, "")
+    assert reason in err and err.count("\n") == 1
+
+
+def test_client_id_must_be_a_guid(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(CORPUS_DIR / "compact.yaml"), "--client-id", "web", "--tenant-id", TENANT])
+    assert exit_info.value.code == 2
+    assert "--client-id must be" in capsys.readouterr().err

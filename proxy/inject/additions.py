@@ -68,6 +68,8 @@ def inject(pod: Any, opts: Options) -> Ledger | None:
             "node's own IMDS traffic and the proxy's ports would be the node's; refused"
         )
     containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    if not all(isinstance(c, dict) and c.get("name") for c in containers):
+        raise InjectError("every container needs a name")
     if any(c.get("name") in (PROXY, PROXY_INIT) for c in containers):
         return None
     with_identity = _identity_from_flags(pod, opts)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from proxy import config
 from proxy.inject import additions, ledger, locate, yamlio
 
 _DEFAULTS = additions.Options()
@@ -47,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(list(argv))
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if args.client_id and not config.is_client_id(args.client_id):
+        parser.error(f"--client-id must be an application (client) id, a GUID: {args.client_id!r}")
     opts = additions.Options(
         mode=args.mode,
         classic=args.classic,
@@ -73,7 +77,7 @@ def main(argv: Sequence[str]) -> int:
         for where, pod in locate.pod_templates(doc.tree, f"{source}: document {number}"):
             try:
                 done = transform(pod, opts, args.uninject, where)
-            except additions.InjectError as exc:
+            except (additions.InjectError, ledger.LedgerError) as exc:
                 print(f"imds-proxy inject: {where}: {exc}", file=sys.stderr)
                 return 1
             doc_changed = doc_changed or done

@@ -22,6 +22,10 @@ from proxy.inject import comments
 ANNOTATION = "imds-proxy.azure.workload.identity/injected"
 
 
+class LedgerError(ValueError):
+    """The annotation is not one inject wrote (edited by hand?); the pod is not touched."""
+
+
 @dataclass
 class Ledger:
     mode: str
@@ -68,7 +72,12 @@ def resolve(pod: Any, path: str) -> Any:
 def recorded(pod: Any) -> Ledger | None:
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     text = annotations.get(ANNOTATION)
-    return Ledger.decode(str(text)) if text is not None else None
+    if text is None:
+        return None
+    try:
+        return Ledger.decode(str(text))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LedgerError(f"the annotation {ANNOTATION} cannot be read ({exc})") from exc
 
 
 def record(pod: Any, ledger: Ledger) -> None:
@@ -85,14 +94,21 @@ def take_back(pod: Any) -> bool:
     orphans: dict[int, str] = {}
     # Deepest lists first: a container's env goes before the container itself.
     for list_path in sorted(ledger.added, key=lambda p: -p.count(".")):
-        items = resolve(pod, list_path)
+        try:
+            items = resolve(pod, list_path)
+        except (KeyError, StopIteration):
+            continue  # removed by hand since
         for name in ledger.added[list_path]:
-            index = next(i for i, item in enumerate(items) if item.get("name") == name)
-            comments.remove(items, index, orphans)
+            found = [i for i, item in enumerate(items) if item.get("name") == name]
+            if found:
+                comments.remove(items, found[0], orphans)
     comments.remove(pod["metadata"]["annotations"], ANNOTATION, orphans)
     for path in reversed(ledger.created):
         parent_path, _, key = path.rpartition(".")
-        parent = resolve(pod, parent_path)
+        try:
+            parent = resolve(pod, parent_path)
+        except (KeyError, StopIteration):
+            continue
         if key in parent and not parent[key]:
             comments.remove(parent, key, orphans)
     return True
