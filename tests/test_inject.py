@@ -331,3 +331,18 @@ def test_client_id_must_be_a_guid(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main([str(CORPUS_DIR / "compact.yaml"), "--client-id", "web", "--tenant-id", TENANT])
     assert exit_info.value.code == 2
     assert "--client-id must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.name for p in CORPUS])
+def test_crlf_line_ends_are_kept(
+    path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    original = path.read_bytes().replace(b"\n", b"\r\n")
+    source = tmp_path / "crlf.yaml"
+    source.write_bytes(original)
+    _, injected, _ = _run(capsys, source, *IDENTITY, "--mode", "both")
+    assert injected.count("\n") == injected.count("\r\n") > original.count(b"\n")
+    first = tmp_path / "injected.yaml"
+    first.write_bytes(injected.encode())
+    assert _run(capsys, first, *IDENTITY, "--mode", "both")[1] == injected
+    assert _run(capsys, first, "--uninject")[1].encode() == original

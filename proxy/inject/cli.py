@@ -66,7 +66,8 @@ def main(argv: Sequence[str]) -> int:
     )
     source = "<stdin>" if args.file == "-" else args.file
     try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        text = raw.decode("utf-8")  # bytes, so that CRLF line ends are kept
         docs = yamlio.split(text)
     except (OSError, UnicodeDecodeError, yamlio.YamlError) as exc:
         print(f"imds-proxy inject: {source}: {exc}", file=sys.stderr)

@@ -34,7 +34,8 @@ class Document:
     def render(self, changed: bool) -> str:
         if not changed or self.tree is None:
             return self.marker + self.text
-        return self.marker + _dump(self.tree, self.sequence, self.offset, self.text)
+        text = _dump(self.tree, self.sequence, self.offset, self.text)
+        return self.marker + (text.replace("\n", "\r\n") if "\r\n" in self.text else text)
 
 
 class YamlError(Exception):
@@ -62,7 +63,8 @@ def _parse(marker: str, text: str) -> Document:
     if not text.strip():
         return Document(marker, text, None)
     try:
-        tree, sequence, offset = load_yaml_guess_indent(text, yaml=_yaml())
+        # Parsed with plain newlines (ruamel keeps a \r in comments); written back with CRLF.
+        tree, sequence, offset = load_yaml_guess_indent(text.replace("\r\n", "\n"), yaml=_yaml())
     except Exception as exc:  # ruamel raises many unrelated types for bad input
         raise YamlError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
     if offset is None:  # no block sequences: the Kubernetes documentation's style
