@@ -346,3 +346,11 @@ def test_crlf_line_ends_are_kept(
     first.write_bytes(injected.encode())
     assert _run(capsys, first, *IDENTITY, "--mode", "both")[1] == injected
     assert _run(capsys, first, "--uninject")[1].encode() == original
+
+
+def test_a_classic_sidecar_in_a_job_is_warned_about(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, CORPUS_DIR / "batch.yaml", *IDENTITY, "--classic")
+    assert code == 0
+    assert "document 1 (Job/migrate)" in err and "document 2 (CronJob/nightly)" in err
+    assert "keeps a Job's pod running" in err
+    assert _run(capsys, CORPUS_DIR / "batch.yaml", *IDENTITY)[2] == ""  # native: no warning

@@ -73,13 +73,15 @@ def main(argv: Sequence[str]) -> int:
         print(f"imds-proxy inject: {source}: {exc}", file=sys.stderr)
         return 2
     changed: list[bool] = []
-    for number, doc in enumerate(docs, start=1):
+    number = 0  # counts documents with content, as kubectl does
+    for doc in docs:
+        number += doc.tree is not None
         doc_changed = False
-        for where, pod in locate.pod_templates(doc.tree, f"{source}: document {number}"):
+        for found in locate.pod_templates(doc.tree, f"{source}: document {number}"):
             try:
-                done = transform(pod, opts, args.uninject, where)
+                done = transform(found, opts, args.uninject)
             except (additions.InjectError, ledger.LedgerError) as exc:
-                print(f"imds-proxy inject: {where}: {exc}", file=sys.stderr)
+                print(f"imds-proxy inject: {found.where}: {exc}", file=sys.stderr)
                 return 1
             doc_changed = doc_changed or done
         changed.append(doc_changed)
@@ -87,8 +89,9 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def transform(pod: object, opts: additions.Options, uninject: bool, where: str) -> bool:
+def transform(found: locate.PodTemplate, opts: additions.Options, uninject: bool) -> bool:
     """Inject (or take back) one pod; True if it changed. Notes go to stderr."""
+    pod, where = found.pod, found.where
     if uninject:
         return ledger.take_back(pod)
     if ledger.recorded(pod) is not None:
@@ -98,7 +101,7 @@ def transform(pod: object, opts: additions.Options, uninject: bool, where: str) 
         print(f"imds-proxy inject: {where}: already has a proxy; left as it is", file=sys.stderr)
         return False
     ledger.record(pod, added)
-    if opts.classic and any(f"({kind}/" in where for kind in _BATCH):
+    if opts.classic and found.kind in _BATCH:
         print(
             f"imds-proxy inject: {where}: a classic sidecar keeps a Job's pod running after "
             "the app exits; prefer the native sidecar (without --classic)",

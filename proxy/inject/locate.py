@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 TEMPLATE_PATH: dict[str, tuple[str, ...]] = {
     "Pod": (),
@@ -16,8 +16,15 @@ TEMPLATE_PATH: dict[str, tuple[str, ...]] = {
 }
 
 
-def pod_templates(obj: Any, where: str) -> Iterator[tuple[str, Any]]:
-    """(description, pod) for each pod in `obj`, a `kind: List` searched item by item.
+class PodTemplate(NamedTuple):
+    kind: str
+    where: str
+    """For messages: the source, the document's number, kind and name."""
+    pod: Any
+
+
+def pod_templates(obj: Any, where: str) -> Iterator[PodTemplate]:
+    """Each pod in `obj`, a `kind: List` searched item by item.
 
     Other kinds, and objects without a pod spec, yield nothing: they pass through untouched.
     """
@@ -36,4 +43,4 @@ def pod_templates(obj: Any, where: str) -> Iterator[tuple[str, Any]]:
         node = node.get(key) if isinstance(node, dict) else None
     if isinstance(node, dict) and isinstance(node.get("spec"), dict):
         name = (obj.get("metadata") or {}).get("name", "?")
-        yield f"{where} ({kind}/{name})", node
+        yield PodTemplate(str(kind), f"{where} ({kind}/{name})", node)
