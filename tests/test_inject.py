@@ -354,3 +354,13 @@ def test_a_classic_sidecar_in_a_job_is_warned_about(capsys: pytest.CaptureFixtur
     assert "document 1 (Job/migrate)" in err and "document 2 (CronJob/nightly)" in err
     assert "keeps a Job's pod running" in err
     assert _run(capsys, CORPUS_DIR / "batch.yaml", *IDENTITY)[2] == ""  # native: no warning
+
+
+def test_another_mode_on_an_injected_pod_changes_nothing_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    injected = tmp_path / "injected.yaml"
+    injected.write_text(_run(capsys, CORPUS_DIR / "deployment.yaml", *IDENTITY)[1])
+    code, out, err = _run(capsys, injected, *IDENTITY, "--mode", "endpoint")
+    assert (code, out) == (0, injected.read_text())
+    assert "already injected with --mode redirect" in err

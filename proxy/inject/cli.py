@@ -94,8 +94,15 @@ def transform(found: locate.PodTemplate, opts: additions.Options, uninject: bool
     pod, where = found.pod, found.where
     if uninject:
         return ledger.take_back(pod)
-    if ledger.recorded(pod) is not None:
-        return False  # already injected: a second run changes nothing
+    previous = ledger.recorded(pod)
+    if previous is not None:  # already injected: a second run changes nothing
+        if previous.mode != opts.mode:
+            print(
+                f"imds-proxy inject: {where}: already injected with --mode {previous.mode}; "
+                "left as it is (--uninject first to change it)",
+                file=sys.stderr,
+            )
+        return False
     added = additions.inject(pod, opts)
     if added is None:
         print(f"imds-proxy inject: {where}: already has a proxy; left as it is", file=sys.stderr)
