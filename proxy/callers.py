@@ -86,12 +86,6 @@ RUBY = Family(
     instead="a client-credentials request to Entra ID with the federated token file as "
     "client assertion (no Azure SDK for Ruby supports workload identity)",
 )
-APP_AUTHENTICATION = Family(
-    "app-authentication",
-    "Microsoft.Azure.Services.AppAuthentication (.NET)",
-    "legacy",
-    instead=_NET_WI,
-)
 NODEAUTH = Family("ms-rest-nodeauth", "@azure/ms-rest-nodeauth", "legacy", instead=_JS_WI)
 
 JAVA_RUNTIME = Family(
@@ -136,8 +130,8 @@ NO_USER_AGENT = Family(
     "no-user-agent",
     "no User-Agent",
     "runtime",
-    instead="Microsoft.Azure.Services.AppAuthentication (.NET) sends none: replace it with "
-    + _NET_WI,
+    instead="Microsoft.Azure.Services.AppAuthentication (.NET, legacy) sends none: replace "
+    "it with " + _NET_WI,
 )
 UNKNOWN = Family(
     "unknown",
@@ -150,7 +144,7 @@ OTHER = Family("other", "other (beyond the limit of distinct callers kept)", "un
 FAMILIES = (
     PY_SDK, NET_SDK, JAVA_SDK, GO_SDK, JS_SDK,
     MSAL_PYTHON, MSAL_DOTNET, MSAL_JAVA, MSAL_GO, MSAL_JS,
-    ADAL_GO, MSRESTAZURE, AZURE_CLI, RUBY, APP_AUTHENTICATION, NODEAUTH,
+    ADAL_GO, MSRESTAZURE, AZURE_CLI, RUBY, NODEAUTH,
     JAVA_RUNTIME, PYTHON_REQUESTS, PYTHON_URLLIB, GO_RUNTIME, NODE_RUNTIME, CURL,
     NO_USER_AGENT, UNKNOWN, OTHER,
 )  # fmt: skip
