@@ -14,12 +14,10 @@ The minimum versions are the first stable releases that ship `WorkloadIdentityCr
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from proxy.requestlog import json_field
 
-MAX_REMEMBERED_HEADERS = 1024
 MAX_USER_AGENT_READ = 512
 """SDK tokens stand near the start; a 10 KB agent is not searched to its end."""
 DIRECT = (
@@ -268,6 +266,16 @@ def _numbers(version: str) -> tuple[tuple[int, int, int] | None, str]:
     return (int(major), int(minor or 0), int(patch or 0)), rest
 
 
+def classify_agent(user_agent: str | None) -> Caller | None:
+    """The caller when its User-Agent alone says it (an Azure SDK, a legacy library)."""
+    agent = (user_agent or "")[:MAX_USER_AGENT_READ]
+    for pattern, family in _USER_AGENT_RULES:
+        match = pattern.search(agent)
+        if match:
+            return caller(family, match.group(1))
+    return None
+
+
 def classify(
     user_agent: str | None,
     sku: str | None = None,
@@ -275,11 +283,10 @@ def classify(
     content_type: str | None = None,
 ) -> Caller:
     """The caller these header values describe (pure: the same values, the same caller)."""
+    known = classify_agent(user_agent)
+    if known is not None:
+        return known
     agent = (user_agent or "")[:MAX_USER_AGENT_READ]
-    for pattern, family in _USER_AGENT_RULES:
-        match = pattern.search(agent)
-        if match:
-            return caller(family, match.group(1))
     if sku:
         lowered = sku.lower()
         for prefix, family in _MSAL_SKUS:
@@ -296,26 +303,3 @@ def classify(
         if match:
             return caller(family, match.group(1))
     return caller(UNKNOWN)
-
-
-class CallerClassifier:
-    """`classify` behind a memo keyed by the raw header values: a repeat costs a lookup."""
-
-    def __init__(self, limit: int = MAX_REMEMBERED_HEADERS) -> None:
-        self._limit = limit
-        self._known: dict[tuple[str | None, ...], Caller] = {}
-
-    def __call__(self, headers: Mapping[str, str]) -> Caller:
-        key = (
-            headers.get("User-Agent"),
-            headers.get("x-client-SKU"),
-            headers.get("x-client-Ver"),
-            headers.get("Content-Type"),
-        )
-        found = self._known.get(key)
-        if found is None:
-            found = classify(*key)
-            if len(self._known) >= self._limit:  # 10,000 distinct agents: memory stays flat
-                self._known.clear()
-            self._known[key] = found
-        return found

@@ -15,7 +15,7 @@ import tracemalloc
 import pytest
 
 from proxy import callers
-from proxy.callers import CallerClassifier, at_least, classify
+from proxy.callers import at_least, classify
 from proxy.report.cli import render
 from proxy.report.verdict import DAY, verdict
 from proxy.requestlog import RequestLog
@@ -191,7 +191,7 @@ def hostile_agents(count: int) -> list[str]:
 
 
 def test_hostile_user_agents_keep_labels_and_entries_bounded() -> None:
-    usage = CallerUsage(clock=FakeClock(), limit=16, classifier=CallerClassifier(limit=128))
+    usage = CallerUsage(clock=FakeClock(), limit=16, remembered=128)
     stream = io.StringIO()
     log = RequestLog("info", "json", stream)
     for agent in [*hostile_agents(10_000), "A" * 10_240, "\r\n\t\x7f" * 100]:
@@ -210,7 +210,7 @@ def test_hostile_user_agents_keep_labels_and_entries_bounded() -> None:
     other = next(c for c in report["callers"] if c["client"] == "other")
     assert sum(c["requests"] for c in report["callers"]) == 10_002
     assert other["requests"] > 3000
-    assert len(usage.classify._known) <= 128
+    assert usage.remembered() <= 3 * 128
 
 
 def test_memory_stays_flat_under_distinct_user_agents() -> None:
@@ -299,3 +299,28 @@ def test_a_quiet_proxy_is_judged_by_its_uptime() -> None:
         "removing the sidecar"
     )
     assert verdict(report, T0 + 7 * DAY).removable
+
+
+def test_the_memo_never_confuses_callers_that_share_an_agent() -> None:
+    usage = CallerUsage(clock=FakeClock())
+    requests_agent = "python-requests/2.32.3"
+    for version in ("1.31.0", "1.32.0", "1.31.0"):
+        usage.observe({"User-Agent": requests_agent, "x-client-SKU": "MSAL.Python",
+                       "x-client-Ver": version})  # fmt: skip
+    usage.observe({"User-Agent": requests_agent})
+    for sku in ("MSAL.Python", None):
+        usage.observe(
+            {"User-Agent": PY_NEW["User-Agent"], **({"x-client-SKU": sku} if sku else {})}
+        )
+    rows = {(c["client"], c["version"]): c["requests"] for c in usage.report()["callers"]}
+    assert rows == {
+        ("msal-python", "1.31.0"): 2,
+        ("msal-python", "1.32.0"): 1,
+        ("python-requests", "2.32.3"): 1,
+        ("azure-identity-python", "1.27.0"): 2,
+    }
+    assert usage.by_label == {
+        ("msal-python", "no"): 3,
+        ("python-requests", "unknown"): 1,
+        ("azure-identity-python", "yes"): 2,
+    }
