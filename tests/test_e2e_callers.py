@@ -1,8 +1,8 @@
 """Real clients through the real proxy are told apart, counted and judged in the report.
 
 One proxy process serves the current azure-identity, MSAL's ManagedIdentityClient,
-@azure/identity (JavaScript), azure-identity 1.5 and msrestazure, each unmodified and
-reaching it the way the other end-to-end tests do. Then its request log, its metrics,
+@azure/identity (JavaScript), azure-identity 1.5, msrestazure and ms-rest-nodeauth, each
+unmodified and reaching it the way the other end-to-end tests do. Then its request log, its metrics,
 `GET /report` and `imds-proxy report` (text and JSON) must all name each caller with its
 version and the right verdict. Hostile User-Agents sent to the same process must leave the
 metric's labels bounded, its memory flat and every log line valid JSON.
@@ -26,6 +26,7 @@ from azure.identity import ManagedIdentityCredential
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.callers import DIRECT, FAMILIES
+from proxy.imds import TOKEN_PATH
 from tests.proxy_process import ProxyProcess
 from tests.test_e2e_js_client import JS, js_sdk, node_get_token  # noqa: F401
 from tests.test_e2e_legacy_sdks import AZURE_IDENTITY_1_5, MSRESTAZURE, old_sdks, run_old  # noqa: F401
@@ -39,6 +40,20 @@ def js_version() -> str:
     package = JS / "node_modules" / "@azure" / "identity" / "package.json"
     version: str = json.loads(package.read_text())["version"]
     return version
+
+
+@pytest.fixture(scope="module")
+def nodeauth(js_sdk: Path) -> Path:  # noqa: F811
+    """The legacy @azure/ms-rest-nodeauth beside @azure/identity (tests/js/package.json)."""
+    if not (JS / "node_modules" / "@azure" / "ms-rest-nodeauth").exists():
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=JS,
+            check=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+    return JS / "ms_rest_nodeauth.mjs"
 
 
 def imds_proxy(proxy: ProxyProcess, *args: str) -> str:
@@ -68,6 +83,7 @@ def test_real_clients_are_classified_and_judged(
     proxy: ProxyProcess,
     old_sdks: dict[str, Path],  # noqa: F811
     js_sdk: Path,  # noqa: F811
+    nodeauth: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", proxy.base)
@@ -86,6 +102,9 @@ def test_real_clients_are_classified_and_judged(
     assert "token" in node_get_token(js_sdk, proxy, ARM)
     run_old(old_sdks["azure-identity"], AZURE_IDENTITY_1_5, proxy, ARM)
     run_old(old_sdks["msrestazure"], MSRESTAZURE, proxy, VAULT + "/")
+    endpoint = proxy.base + TOKEN_PATH  # its IMDS address is an option: no HTTP_PROXY support
+    done = subprocess.run(["node", str(nodeauth), endpoint, ARM], capture_output=True, timeout=60)
+    assert json.loads(done.stdout.decode().splitlines()[-1])["tokenType"] == "Bearer", done
 
     expected = {  # (client, version): (supports workload identity, advice)
         ("azure-identity-python", azure.identity.__version__): ("yes", DIRECT),
@@ -93,6 +112,7 @@ def test_real_clients_are_classified_and_judged(
         ("azure-identity-js", js_version()): ("yes", DIRECT),
         ("azure-identity-python", "1.5.0"): ("no", "upgrade to ≥ 1.13.0, then remove the sidecar"),
         ("msrestazure", "0.6.4"): ("no", "replace library msrestazure (MSIAuthentication) with"),
+        ("ms-rest-nodeauth", None): ("no", "replace library @azure/ms-rest-nodeauth with"),
     }
     report = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/report", timeout=10).json()
     seen = {(c["client"], c["version"]): c for c in report["callers"]}
@@ -104,26 +124,28 @@ def test_real_clients_are_classified_and_judged(
     assert seen["azure-identity-python", "1.5.0"]["requests"] == 2  # its bare probe, then the token
     assert report["token_requests"] == sum(c["requests"] for c in report["callers"])
 
-    lines = [line for line in proxy.logs() if line["event"] == "received token request"]
-    assert {(line["client"], line["client_version"]) for line in lines} == set(expected)
     assert by_client(proxy.metrics()) == {
         ("azure-identity-js", "yes"): 1,
         ("azure-identity-python", "yes"): 1,
         ("azure-identity-python", "no"): 2,
         ("msal-python", "no"): 1,
         ("msrestazure", "no"): 1,
+        ("ms-rest-nodeauth", "no"): 1,
     }
 
     text = imds_proxy(proxy)
     assert f"azure-identity (Python) [azure-identity-python] {azure.identity.__version__}: " in text
     assert "msrestazure (MSIAuthentication) [msrestazure] 0.6.4: 1 requests, first " in text
     assert (
-        "Verdict: the sidecar is still needed: 5 caller(s) asked for tokens in the last 7 days"
+        "Verdict: the sidecar is still needed: 6 caller(s) asked for tokens in the last 7 days"
         in text
     )
     printed: dict[str, Any] = json.loads(imds_proxy(proxy, "--json"))
     assert printed["verdict"]["removable"] is False
     assert {(c["client"], c["version"]) for c in printed["callers"]} == set(expected)
+    proxy.stop()  # request lines are buffered up to 0.2 s; stopping flushes them
+    lines = [line for line in proxy.logs() if line["event"] == "received token request"]
+    assert {(line["client"], line["client_version"]) for line in lines} == set(expected)
 
 
 def rss_kib(proxy: ProxyProcess) -> int:
