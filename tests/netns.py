@@ -12,7 +12,9 @@ pod for the node's IMDS, and nothing the tests do reaches the host's own network
 metadata address exists only inside the imds namespace.
 
 Servers and clients are small Python programs run with this interpreter (the project venv)
-through ``ip netns exec``, optionally as another uid through ``setpriv``.
+through ``ip netns exec``, optionally as another uid through ``setpriv``. A program given as
+``sys.executable`` runs, for another uid, from the install every user can reach
+(``tests/other_users.py``), with ``/`` as its working directory: it never reads the checkout.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.other_users import python_for
 
 METADATA_IP = "169.254.169.254"
 POD_VETH_ADDR = "169.254.100.1"
@@ -73,9 +77,12 @@ class Netns:
     def argv(self, argv: Sequence[str], user: int | None = None) -> list[str]:
         """``argv`` wrapped to run in this namespace, as ``user`` (uid and gid) if given."""
         wrapped = [IP, "netns", "exec", self.name]
+        program = list(argv)
         if user is not None:
             wrapped += [SETPRIV, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
-        return wrapped + list(argv)
+            if program and program[0] == sys.executable:
+                program[0] = python_for(user)
+        return wrapped + program
 
     def run(
         self,
@@ -89,7 +96,7 @@ class Netns:
         done = subprocess.run(
             self.argv(argv, user),
             env=None if env is None else dict(env),
-            cwd=REPO,
+            cwd=workdir(user),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -119,7 +126,7 @@ class Netns:
             proc = subprocess.Popen(
                 self.argv(argv, user),
                 env=None if env is None else dict(env),
-                cwd=REPO,
+                cwd=workdir(user),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -133,6 +140,11 @@ class Netns:
         for proc in self._started:
             stop(proc)
         self._started.clear()
+
+
+def workdir(user: int | None) -> Path:
+    """Where a process starts: the checkout for root, ``/`` for another uid (see above)."""
+    return REPO if user is None else Path("/")
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
