@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.other_users import python_for
+from tests.other_users import cwd_for, python_for
 
 METADATA_IP = "169.254.169.254"
 POD_VETH_ADDR = "169.254.100.1"
@@ -45,7 +45,6 @@ PROXY_UID = 1501
 PROXY_PORT = 8000
 OTHER_METADATA_PORT = 8080
 
-REPO = Path(__file__).resolve().parent.parent
 # Absolute, so that a test may hand the program under test a PATH without them.
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
@@ -96,7 +95,7 @@ class Netns:
         done = subprocess.run(
             self.argv(argv, user),
             env=None if env is None else dict(env),
-            cwd=workdir(user),
+            cwd=cwd_for(user),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -126,7 +125,7 @@ class Netns:
             proc = subprocess.Popen(
                 self.argv(argv, user),
                 env=None if env is None else dict(env),
-                cwd=workdir(user),
+                cwd=cwd_for(user),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -140,11 +139,6 @@ class Netns:
         for proc in self._started:
             stop(proc)
         self._started.clear()
-
-
-def workdir(user: int | None) -> Path:
-    """Where a process starts: the checkout for root, ``/`` for another uid (see above)."""
-    return REPO if user is None else Path("/")
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

@@ -80,11 +80,18 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _open_up(root: Path) -> None:
-    """Directories under ``root`` (all created here) enterable by all, whatever the umask."""
+    """Everything under ``root`` reachable by all, whatever the umask: its directories and
+    files were made here (a hard link is shared with its source, but only readable ones were
+    linked, so none is changed)."""
     root.chmod(0o755)
-    for directory, subdirs, _ in os.walk(root):
+    for directory, subdirs, files in os.walk(root):
         for name in subdirs:
             os.chmod(os.path.join(directory, name), 0o755)
+        for name in files:
+            path = os.path.join(directory, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode) and not mode & stat.S_IROTH:
+                os.chmod(path, stat.S_IMODE(mode) | 0o444)
 
 
 def copy_venv(dest: Path, base_python: str) -> Path:
@@ -209,12 +216,22 @@ def _checked_for(user: int) -> str | Unreachable:
     return python
 
 
+def _same_user(user: int | None) -> bool:
+    return user is None or user == os.geteuid()
+
+
 def python_for(user: int | None) -> str:
-    """The interpreter a process run as ``user`` should use: this one for root (or no user
-    change), the shared install for anyone else. Fails the test in one line if impossible."""
-    if user is None or user == 0:
+    """The interpreter a process run as ``user`` should use: this one if that is who runs the
+    tests, the shared install for anyone else. Fails the test in one line if impossible."""
+    if _same_user(user):
         return sys.executable
     python = _checked_for(user)
     if isinstance(python, Unreachable):
         pytest.fail(str(python), pytrace=False)
     return python
+
+
+def cwd_for(user: int | None) -> Path:
+    """Where a process run as ``user`` starts: the checkout if that is who runs the tests,
+    else ``/``, so that it imports nothing from the checkout even when it could reach it."""
+    return REPO if _same_user(user) else Path("/")

@@ -22,7 +22,7 @@ from typing import Any
 import requests
 
 from proxy.imds import TOKEN_PATH
-from tests.other_users import python_for
+from tests.other_users import cwd_for, python_for
 from tests.processes import NotReady, answering
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ class ProxyProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
-            cwd=ROOT if self._user is None else "/",
+            cwd=cwd_for(self._user),
             user=self._user,
             group=self._user,
         )
