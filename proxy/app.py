@@ -1,10 +1,11 @@
 """HTTP: dispatch by path, answer, then count and log each request once.
 
-The proxy serves five kinds of path, so it dispatches with a few string comparisons on
-aiohttp's low-level server instead of the router and application machinery. A cached
-token costs: two header lookups, one dictionary lookup for the (remembered) meaning of
-the query, one for the token, two integers formatted into prebuilt bytes, and one
-pre-escaped log line. Handlers never raise: errors are IMDS-shaped answers.
+The proxy serves six kinds of path (IMDS and App Service tokens among them), so it
+dispatches with a few string comparisons on aiohttp's low-level server instead of the
+router and application machinery. A cached IMDS token costs: two header lookups, one
+dictionary lookup for the (remembered) meaning of the query, one for the token, two
+integers formatted into prebuilt bytes, and one pre-escaped log line. Handlers never
+raise: errors are answers in the caller's protocol.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.appservice import APP_SERVICE_PATHS, AppServiceEndpoint
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.forward import Forwarder
@@ -106,11 +108,12 @@ class ProxyHttp:
         metrics = proxy.request_metrics
         self._routes = {
             name: metrics.route(name)
-            for name in ("token", "readyz", "healthz", "metadata", "other")
+            for name in ("token", "appservice", "readyz", "healthz", "metadata", "other")
         }
         self._tenant_id = proxy.settings.tenant_id
         self._default_client_id = proxy.settings.client_id
         self._queries: dict[str, _KnownQuery | ImdsError] = {}
+        self._app_service = AppServiceEndpoint.from_settings(proxy.settings, proxy.cache)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -118,6 +121,9 @@ class ProxyHttp:
         if path in _TOKEN_PATHS:
             route, event = "token", "received token request"
             response, extra = await self._token(request)
+        elif path in APP_SERVICE_PATHS:
+            route, event = "appservice", "received app service token request"
+            response, extra = await self._app_service(request)
         elif path == "/readyz":
             route, event = "readyz", "received readyz request"
             response, extra = await self._readyz(request)
