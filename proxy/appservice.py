@@ -151,6 +151,15 @@ VERSIONS = {v.api_version: v for v in (V2019, V2017)}
 _ALL_SELECTORS = tuple(dict.fromkeys(name for v in VERSIONS.values() for name in v.selectors))
 
 
+_NOT_GET = V2019.refusal(405, "Only GET is supported on this path", "method")
+_POST_REFUSED = V2019.refusal(
+    405,
+    "Only GET is supported on this path; msrestazure POSTs Cloud Shell's form here unless "
+    "APPSETTING_WEBSITE_SITE_NAME is set, as App Service sets it",
+    "method",
+)
+
+
 def version_of(query: Mapping[str, str]) -> Version:
     """The version the caller speaks; an unknown one is refused in the current shape."""
     api_version = query.get("api-version", "")
@@ -234,7 +243,7 @@ class AppServiceEndpoint:
     async def __call__(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
         """The answer, and what the request line says about it (never the secret)."""
         if request.method != "GET":
-            return _refused(V2019.refusal(405, "Only GET is supported on this path", "method"))
+            return _refused(_POST_REFUSED if request.method == "POST" else _NOT_GET)
         try:
             version = version_of(request.query)
         except AppServiceError as err:
