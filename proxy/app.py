@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.answers import error_answer as _error
 from proxy.appservice import APP_SERVICE_PATHS, AppServiceEndpoint
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
@@ -34,7 +35,7 @@ from proxy.imds import (
     scope_for,
 )
 from proxy.metrics import RequestMetrics
-from proxy.requestlog import RequestLog, json_field, json_fields
+from proxy.requestlog import RequestLog, json_field
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import CredentialUnavailable, TokenError
 from proxy.tokens.model import TokenKey
@@ -188,12 +189,3 @@ class ProxyHttp:
         body = json.dumps({"status": "not ready", "reasons": reasons})
         response = web.Response(status=503, text=body, content_type="application/json")
         return response, json_field("reason", "; ".join(reasons))
-
-
-def _error(err: ImdsError) -> tuple[web.StreamResponse, str]:
-    """The error answer, and what the request line says about it."""
-    fields: dict[str, object] = {"error": err.reason}
-    if err.status >= 500 or err.status == 429:
-        fields["reason"] = err.description
-    response = web.Response(status=err.status, body=err.body, headers=err.headers)
-    return response, json_fields(fields)

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.answers import error_answer
 from proxy.config import Settings
 from proxy.identity_header import IdentityHeaderSecret
 from proxy.imds import JSON, ImdsError, TokenRequest, error_for, parse_wanted_token
 from proxy.logs import get_logger
-from proxy.requestlog import json_field, json_fields
+from proxy.requestlog import json_field
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import TokenError
 from proxy.tokens.model import AccessToken
@@ -43,20 +44,14 @@ MAX_REMEMBERED_QUERIES = 4096
 log = get_logger("proxy.appservice")
 
 
-class AppServiceError(Exception):
-    """A refusal in one version's shape: status, body, headers, and a label for logs."""
+class AppServiceError(ImdsError):
+    """A refusal in one version's shape; status, Retry-After and log label as for IMDS."""
 
     def __init__(
-        self, status: int, body: bytes, reason: str, description: str, retry_after: str | None
+        self, status: int, body: bytes, reason: str, description: str, retry_after: float | None
     ) -> None:
-        super().__init__(description)
-        self.status = status
+        super().__init__(status, reason, description, retry_after=retry_after, reason=reason)
         self.body = body
-        self.reason = reason
-        self.description = description
-        self.headers = {"Content-Type": JSON}
-        if retry_after is not None:
-            self.headers["Retry-After"] = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +66,7 @@ class Version:
     error_body: Callable[[int, str], bytes]
 
     def refusal(
-        self, status: int, description: str, reason: str, retry_after: str | None = None
+        self, status: int, description: str, reason: str, retry_after: float | None = None
     ) -> AppServiceError:
         return AppServiceError(
             status, self.error_body(status, description), reason, description, retry_after
@@ -79,7 +74,7 @@ class Version:
 
     def from_imds(self, err: ImdsError) -> AppServiceError:
         """The same answer (status, text, Retry-After) in this version's shape."""
-        return self.refusal(err.status, err.description, err.reason, err.headers.get("Retry-After"))
+        return self.refusal(err.status, err.description, err.reason, err.retry_after)
 
     def imds_query(self, query: Mapping[str, str]) -> dict[str, str]:
         """The query in IMDS's names, refusing the other version's selectors."""
@@ -243,18 +238,18 @@ class AppServiceEndpoint:
     async def __call__(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
         """The answer, and what the request line says about it (never the secret)."""
         if request.method != "GET":
-            return _refused(_POST_REFUSED if request.method == "POST" else _NOT_GET)
+            return error_answer(_POST_REFUSED if request.method == "POST" else _NOT_GET)
         try:
             version = version_of(request.query)
         except AppServiceError as err:
-            return _refused(err)
+            return error_answer(err)
         if not self._secret.matches(request.headers.get(version.secret_header)):
-            return _refused(self._secret_refusal(version, request))
+            return error_answer(self._secret_refusal(version, request))
         known = self._queries.get(request.rel_url.raw_query_string)
         if known is None:
             known = self._remember_query(request)
         if isinstance(known, AppServiceError):
-            return _refused(known)
+            return error_answer(known)
         found = self._cache.lookup(known.wanted.key)
         extra = known.hit
         if found is None:
@@ -262,7 +257,7 @@ class AppServiceEndpoint:
             try:
                 found = await self._cache.fetch(known.wanted.key)
             except TokenError as exc:
-                response, refused = _refused(known.version.from_imds(error_for(exc)))
+                response, refused = error_answer(known.version.from_imds(error_for(exc)))
                 return response, extra + refused
         return web.Response(body=known.body(found), headers={"Content-Type": JSON}), extra
 
@@ -291,11 +286,3 @@ class AppServiceEndpoint:
             self._queries.clear()
         self._queries[request.rel_url.raw_query_string] = result
         return result
-
-
-def _refused(err: AppServiceError) -> tuple[web.StreamResponse, str]:
-    fields: dict[str, object] = {"error": err.reason}
-    if err.status >= 500 or err.status == 429:
-        fields["reason"] = err.description
-    response = web.Response(status=err.status, body=err.body, headers=err.headers)
-    return response, json_fields(fields)

@@ -25,7 +25,10 @@ from tests.fake_entra import FakeEntra
 from tests.jwt_claims import claims
 from tests.proxy_process import ProxyProcess, running_proxy
 from tests.test_e2e_js_client import JS, js_sdk  # noqa: F401 - the fixture, shared
-from tests.test_e2e_legacy_sdks import old_sdks  # noqa: F401 - the fixture, shared
+from tests.test_e2e_legacy_sdks import (
+    MSRESTAZURE,
+    old_sdks,  # noqa: F401 - the fixture, shared
+)
 
 SECRET = str(uuid.uuid4())  # what the downward API gives: the pod's uid
 ARM = "https://management.azure.com"
@@ -50,14 +53,6 @@ from azure.identity import ManagedIdentityCredential
 kwargs = {"client_id": sys.argv[2]} if len(sys.argv) > 2 else {}
 token = ManagedIdentityCredential(**kwargs).get_token(sys.argv[1] + "/.default")
 print(json.dumps({"token": token.token, "expires_on": token.expires_on}))
-"""
-MSRESTAZURE = """
-import json, sys
-from msrestazure.azure_active_directory import MSIAuthentication
-credentials = MSIAuthentication(resource=sys.argv[1])
-print(json.dumps({"token": credentials.token["access_token"],
-                  "token_type": credentials.token["token_type"],
-                  "expires_on": credentials.token["expires_on"]}))
 """
 
 
