@@ -208,6 +208,9 @@ class _KnownQuery:
         return self._body
 
 
+_Remembered = tuple[Version | None, _KnownQuery | AppServiceError]
+
+
 class AppServiceEndpoint:
     """Answers `/msi/token` from the proxy's token cache."""
 
@@ -222,7 +225,7 @@ class AppServiceEndpoint:
         self._secret = secret
         self._tenant_id = tenant_id
         self._default_client_id = default_client_id
-        self._queries: dict[str, _KnownQuery | AppServiceError] = {}
+        self._queries: dict[str, _Remembered] = {}
         if not secret.configured:
             log.info(
                 "App Service endpoint refuses every request: no IDENTITY_HEADER or "
@@ -239,15 +242,14 @@ class AppServiceEndpoint:
         """The answer, and what the request line says about it (never the secret)."""
         if request.method != "GET":
             return error_answer(_POST_REFUSED if request.method == "POST" else _NOT_GET)
-        try:
-            version = version_of(request.query)
-        except AppServiceError as err:
-            return error_answer(err)
-        if not self._secret.matches(request.headers.get(version.secret_header)):
+        remembered = self._queries.get(request.rel_url.raw_query_string)
+        if remembered is None:
+            remembered = self._remember_query(request)
+        version, known = remembered
+        # The secret first: a caller without it learns nothing about its query.
+        secret = request.headers.get(version.secret_header) if version else None
+        if version is not None and not self._secret.matches(secret):
             return error_answer(self._secret_refusal(version, request))
-        known = self._queries.get(request.rel_url.raw_query_string)
-        if known is None:
-            known = self._remember_query(request)
         if isinstance(known, AppServiceError):
             return error_answer(known)
         found = self._cache.lookup(known.wanted.key)
@@ -273,16 +275,20 @@ class AppServiceEndpoint:
             description = f"The {version.secret_header} header does not match"
         return version.refusal(401, description, "identity_header")
 
-    def _remember_query(self, request: web.BaseRequest) -> _KnownQuery | AppServiceError:
-        """Validate a query once; the same query string always means the same request."""
-        result: _KnownQuery | AppServiceError
+    def _remember_query(self, request: web.BaseRequest) -> _Remembered:
+        """Validate a query once; the same query string always means the same request.
+        The version is kept apart: it says which header holds the secret, even for a query
+        that is refused once the secret checks out."""
+        version: Version | None = None
+        known: _KnownQuery | AppServiceError
         try:
-            result = _KnownQuery(
+            version = version_of(request.query)
+            known = _KnownQuery(
                 *parse_query(request.query, self._tenant_id, self._default_client_id)
             )
         except AppServiceError as err:
-            result = err.with_traceback(None)  # the traceback would pin this request
+            known = err.with_traceback(None)  # the traceback would pin this request
         if len(self._queries) >= MAX_REMEMBERED_QUERIES:
             self._queries.clear()
-        self._queries[request.rel_url.raw_query_string] = result
-        return result
+        remembered = self._queries[request.rel_url.raw_query_string] = (version, known)
+        return remembered
