@@ -206,16 +206,18 @@ def test_wrong_or_missing_secret_is_refused(
         answer = requests.get(url, headers=headers, timeout=5)
         assert answer.status_code == 401, (headers, answer.text)
         assert "access_token" not in answer.text and SECRET not in answer.text
-    good = requests.get(
-        url + f"&{selector}={SECOND_CLIENT_ID}", headers={header: SECRET}, timeout=5
-    )
+    no_resource = f"{proxy.base}/msi/token?api-version={api_version}"
+    assert requests.get(no_resource, headers={header: wrong}, timeout=5).status_code == 401
+    assert requests.get(no_resource, headers={header: SECRET}, timeout=5).status_code == 400
+    user_assigned = url + f"&{selector}={SECOND_CLIENT_ID}"
+    good = requests.get(user_assigned, headers={header: SECRET}, timeout=5)
     assert good.status_code == 200, good.text
     assert claims(good.json()["access_token"])["appid"] == SECOND_CLIENT_ID
     assert fake_entra.stats()["token_requests"]["total"] == 1, "refusals never reach Entra ID"
     proxy.stop()
     assert SECRET not in proxy.log_text() and wrong not in proxy.log_text()
     refused = [line for line in token_lines(proxy) if line["status"] == 401]
-    assert len(refused) == 4 and {line["error"] for line in refused} == {"identity_header"}
+    assert len(refused) == 5 and {line["error"] for line in refused} == {"identity_header"}
 
 
 def test_an_sdk_with_the_wrong_secret_gets_no_token(proxy: ProxyProcess) -> None:
