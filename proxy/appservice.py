@@ -232,6 +232,9 @@ class AppServiceEndpoint:
                 "--identity-header-file is configured",
                 path=APP_SERVICE_PATH,
             )
+        else:
+            source = "--identity-header-file" if secret.path else "IDENTITY_HEADER"
+            log.info("App Service endpoint serves tokens", path=APP_SERVICE_PATH, secret=source)
 
     @classmethod
     def from_settings(cls, settings: Settings, cache: TokenCache) -> AppServiceEndpoint:

@@ -251,3 +251,5 @@ def test_secret_from_a_file(fake_entra: FakeEntra, tmp_path: Path) -> None:
         result = token_of(run_python(CURRENT_MANAGED_IDENTITY, app_env(proxy), ARM))
         assert claims(str(result["token"]))["aud"] == ARM
     assert SECRET not in proxy.log_text()
+    ready = [line for line in proxy.logs() if line["event"] == "App Service endpoint serves tokens"]
+    assert [line["secret"] for line in ready] == ["--identity-header-file"]
