@@ -32,13 +32,12 @@ from proxy.config import Settings
 from proxy.identity_header import IdentityHeaderSecret
 from proxy.imds import JSON, ImdsError, TokenRequest, error_for, parse_wanted_token
 from proxy.logs import get_logger
+from proxy.paths import APP_SERVICE_PATH
 from proxy.requestlog import json_field
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import TokenError
 from proxy.tokens.model import AccessToken
 
-APP_SERVICE_PATH = "/msi/token"
-APP_SERVICE_PATHS = frozenset((APP_SERVICE_PATH, APP_SERVICE_PATH + "/"))
 EXPIRES_ON_2017 = "%m/%d/%Y %H:%M:%S +00:00"
 MAX_REMEMBERED_QUERIES = 4096
 log = get_logger("proxy.appservice")

@@ -192,6 +192,11 @@ def test_imds_upstream_is_normalised_and_validated() -> None:
     assert message.startswith("--imds-upstream:")
 
 
+@pytest.mark.parametrize("off", ["none", "None", "off"])
+def test_imds_upstream_none_turns_forwarding_off(off: str) -> None:
+    assert load(f"--imds-upstream={off}").imds_upstream is None
+
+
 def test_identity_header_from_the_environment_is_never_printed() -> None:
     settings = load(IDENTITY_HEADER=" 6f1c0d7e-pod-uid \n")
     assert settings.identity_header == "6f1c0d7e-pod-uid"
