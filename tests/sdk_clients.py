@@ -44,7 +44,11 @@ BUILD_TIMEOUT = 900.0
 
 
 class ClientUnavailable(RuntimeError):
-    """A toolchain is missing or a build/install failed after its retries."""
+    """A toolchain is not installed on this machine (tests skip, saying which)."""
+
+
+class BuildFailed(RuntimeError):
+    """A build or install failed after its retries (tests fail: it is not a skip)."""
 
 
 def _run(
@@ -73,7 +77,7 @@ def _with_retries(argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None 
         failure = _run(argv, cwd, BUILD_TIMEOUT, env)
         if not failure:
             return
-    raise ClientUnavailable(f"{' '.join(argv)} failed {DOWNLOAD_ATTEMPTS} times:\n{failure}")
+    raise BuildFailed(f"{' '.join(argv)} failed {DOWNLOAD_ATTEMPTS} times:\n{failure}")
 
 
 def require(tool: str) -> str:
@@ -125,7 +129,7 @@ def azure_cli() -> list[str]:
         shutil.rmtree(partial, ignore_errors=True)
         CACHE.mkdir(parents=True, exist_ok=True)
         if failure := _run([sys.executable, "-m", "venv", str(partial)], CACHE, 120):
-            raise ClientUnavailable(failure)
+            raise BuildFailed(failure)
         pip = [str(partial / "bin" / "python"), "-m", "pip", "install", "-q"]
         _with_retries(
             [*pip, "--disable-pip-version-check", f"azure-cli=={AZURE_CLI_VERSION}"], CACHE
