@@ -6,12 +6,17 @@ listing with one subscription in the token's tenant and records each
 request's bearer token, so a test can check that the token az sent is the one the proxy
 handed out. Its certificate comes from the same throwaway PKI as the fake Entra ID
 (proxy/devissuer/pki.py), trusted by the client through REQUESTS_CA_BUNDLE.
+
+``python -m tests.arm_stand_in WORKDIR TENANT PORT`` runs it as its own process (in a
+network namespace, say), prints ``ready`` once it listens, and serves until terminated.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +30,7 @@ SUBSCRIPTION_ID = "7c3e5f90-1d2b-4a6c-8e0f-2b4d6a8c0e1f"
 class ArmStandIn:
     """``with ArmStandIn(workdir, tenant_id) as arm:`` serves ``arm.url``; ``arm.ca_bundle``."""
 
-    def __init__(self, workdir: Path, tenant_id: str) -> None:
+    def __init__(self, workdir: Path, tenant_id: str, port: int = 0) -> None:
         tls = generate_tls_files(workdir / "arm-pki")
         self.ca_bundle = tls.ca_bundle
         self.seen: list[dict[str, str]] = []
@@ -55,7 +60,7 @@ class ArmStandIn:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.socket = tls.server_context().wrap_socket(
             self._server.socket, server_side=True
         )
@@ -110,3 +115,15 @@ class ArmStandIn:
     ) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def main(argv: list[str]) -> None:
+    workdir, tenant_id, port = Path(argv[0]), argv[1], int(argv[2])
+    with ArmStandIn(workdir, tenant_id, port):
+        print("ready", flush=True)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -68,11 +68,16 @@ def cloud_setup_commands(arm_url: str) -> list[list[str]]:
 
 
 def run_az(
-    az: Sequence[str], args: Sequence[str], env: Mapping[str, str], timeout: float = 120
+    az: Sequence[str],
+    args: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float = 120,
+    prefix: Sequence[str] = (),
 ) -> Any:
-    """One az command with JSON output; a failure shows az's own error."""
+    """One az command with JSON output (run under ``prefix``, e.g. a namespace and a uid);
+    a failure shows az's own error."""
     done = subprocess.run(
-        [*az, *args, "--output", "json"],
+        [*prefix, *az, *args, "--output", "json"],
         env=dict(env),
         stdin=subprocess.DEVNULL,
         capture_output=True,

@@ -166,10 +166,15 @@ def last_json_line(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def run_client(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 90.0
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    timeout: float = 90.0,
+    prefix: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Run a client (under ``prefix``, e.g. a namespace and a uid); its result line."""
     done = subprocess.run(
-        list(argv),
+        [*prefix, *argv],
         env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
