@@ -3,7 +3,7 @@
 Every client lives in its own toolchain's cache outside the repository (Maven's ~/.m2, Go's
 module cache, npm's cache, and a virtualenv for the Azure CLI under ``CACHE``), so the first
 run on a machine downloads and later runs work from the cache; a download is retried a
-bounded number of times. Each build happens once per test session (``functools.cache``).
+bounded number of times. Each build happens once per test session (``_once``).
 
 A client runs in a subprocess with a clean environment (``clean_env``): nothing that points
 it anywhere but the metadata address, so an SDK cannot pick another managed-identity source
@@ -19,9 +19,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
 
 TESTS = Path(__file__).resolve().parent
 CLIENTS = TESTS / "clients"
@@ -87,29 +91,69 @@ def require(tool: str) -> str:
     return path
 
 
-@functools.cache
+def _once(build: Callable[[], T]) -> Callable[[], T]:
+    """Build at most once per test session: the result, or the failure, is remembered (a
+    download that failed its retries is not tried again by every test)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    @functools.wraps(build)
+    def run() -> T:
+        if failure:
+            raise failure[0]
+        if not outcome:
+            try:
+                outcome.append(build())
+            except (ClientUnavailable, BuildFailed) as exc:
+                failure.append(exc)
+                raise
+        return outcome[0]
+
+    return run
+
+
+def or_skip(build: Callable[[], T]) -> T:
+    """A fixture's build: skipped, saying why, when its toolchain is not installed."""
+    try:
+        return build()
+    except ClientUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def _up_to_date(output: Path, sources: Iterable[Path]) -> bool:
+    return output.exists() and all(s.stat().st_mtime <= output.stat().st_mtime for s in sources)
+
+
+@_once
 def java_classpath() -> str:
     """The Java clients compiled, with their dependencies copied beside them: offline from
-    ~/.m2 when it has them, online (with retries) otherwise."""
-    mvn = [require("mvn"), "-B", "-q", "package"]
-    if _run([*mvn, "-o"], JAVA_PROJECT, BUILD_TIMEOUT):
-        _with_retries(mvn, JAVA_PROJECT)
+    ~/.m2 when it has them, online (with retries) otherwise; not again while the build is
+    newer than the sources."""
+    require("java")
     target = JAVA_PROJECT / "target"
+    stamp = target / "lib" / ".complete"
+    sources = [JAVA_PROJECT / "pom.xml", *(JAVA_PROJECT / "src").rglob("*.java")]
+    if not _up_to_date(stamp, sources):
+        mvn = [require("mvn"), "-B", "-q", "package"]
+        if _run([*mvn, "-o"], JAVA_PROJECT, BUILD_TIMEOUT):
+            _with_retries(mvn, JAVA_PROJECT)
+        stamp.touch()
     return f"{target / 'classes'}{os.pathsep}{target / 'lib'}/*"
 
 
-@functools.cache
+@_once
 def go_client() -> Path:
     """One Go program for both Go SDKs (``-sdk azidentity|adal``); go.sum pins the modules."""
     binary = GO_PROJECT / "bin" / "get-token"
-    env = {**os.environ, "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"}
+    env = {**os.environ, "GOFLAGS": "-mod=readonly -buildvcs=false", "CGO_ENABLED": "0"}
     _with_retries([require("go"), "build", "-o", str(binary), "."], GO_PROJECT, env)
     return binary
 
 
-@functools.cache
+@_once
 def node_modules() -> Path:
     """tests/js's packages (npm registry, npm's own cache) installed once."""
+    require("node")
     wanted = json.loads((JS_PROJECT / "package.json").read_text())["dependencies"]
     installed = JS_PROJECT / "node_modules"
     if not all((installed / name / "package.json").exists() for name in wanted):
@@ -118,7 +162,7 @@ def node_modules() -> Path:
     return installed
 
 
-@functools.cache
+@_once
 def azure_cli() -> list[str]:
     """``az`` of AZURE_CLI_VERSION in its own virtualenv under CACHE (about 700 MB: installed
     once per machine, then reused); returns the command that runs it."""

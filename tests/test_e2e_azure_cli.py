@@ -20,7 +20,7 @@ from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
 from tests.jwt_claims import assert_issued_to
 from tests.proxy_process import ProxyProcess
-from tests.sdk_clients import azure_cli
+from tests.sdk_clients import azure_cli, or_skip
 
 ARM_AUDIENCE = "https://management.core.windows.net/"
 VAULT = "https://vault.azure.net"
@@ -28,7 +28,7 @@ VAULT = "https://vault.azure.net"
 
 @pytest.fixture(scope="session")
 def az() -> list[str]:
-    return azure_cli()
+    return or_skip(azure_cli)
 
 
 @pytest.fixture

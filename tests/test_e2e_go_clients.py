@@ -21,7 +21,7 @@ from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
 from tests.jwt_claims import assert_issued_to
 from tests.proxy_process import ProxyProcess
-from tests.sdk_clients import GO_PROJECT, ClientUnavailable, go_client, proxied_env, run_client
+from tests.sdk_clients import GO_PROJECT, go_client, or_skip, proxied_env, run_client
 
 ARM = "https://management.azure.com"
 STORAGE = "https://storage.azure.com"
@@ -30,10 +30,7 @@ SDKS = ["azidentity", "adal"]
 
 @pytest.fixture(scope="session")
 def go_program() -> Path:
-    try:
-        return go_client()
-    except ClientUnavailable as exc:
-        pytest.skip(f"Go clients unavailable: {exc}")
+    return or_skip(go_client)
 
 
 def go_get_token(

@@ -32,10 +32,10 @@ from tests.jwt_claims import assert_issued_to
 from tests.proxy_process import ProxyProcess
 from tests.sdk_clients import (
     JAVA_PROJECT,
-    ClientUnavailable,
     clean_env,
     java_classpath,
     java_proxy_flags,
+    or_skip,
     run_client,
 )
 
@@ -50,10 +50,7 @@ CLIENTS = {
 
 @pytest.fixture(scope="session")
 def classpath() -> str:
-    try:
-        return java_classpath()
-    except ClientUnavailable as exc:
-        pytest.skip(f"Java clients unavailable: {exc}")
+    return or_skip(java_classpath)
 
 
 def java_get_token(

@@ -25,7 +25,7 @@ from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
 from tests.jwt_claims import assert_issued_to, claims
 from tests.proxy_process import ProxyProcess
-from tests.sdk_clients import clean_env, node_modules, run_client
+from tests.sdk_clients import clean_env, node_modules, or_skip, run_client
 
 JS = Path(__file__).resolve().parent / "js"
 pytestmark = pytest.mark.skipif(
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def js_sdk() -> Path:
     """tests/js's packages installed once (npm registry) into tests/js/node_modules."""
-    node_modules()
+    or_skip(node_modules)
     return JS / "get_token.mjs"
 
 

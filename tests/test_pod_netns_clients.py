@@ -31,6 +31,7 @@ from tests.sdk_clients import (
     go_client,
     java_classpath,
     node_modules,
+    or_skip,
     run_client,
 )
 from tests.test_pod_netns_e2e import APP_UID, Pod
@@ -79,32 +80,32 @@ def assert_token(pod: Pod, result: dict[str, object], audience: str) -> None:
 
 @pytest.mark.parametrize("main", JAVA_CLIENTS)
 def test_java_client_in_the_pod(pod: Pod, app_home: Path, main: str) -> None:
-    argv = ["java", "-cp", java_classpath(), f"imdsclients.{main}", ARM]
+    argv = ["java", "-cp", or_skip(java_classpath), f"imdsclients.{main}", ARM]
     assert_token(pod, run_in_pod(pod, argv, app_home), ARM)
 
 
 @pytest.mark.parametrize("sdk", ["azidentity", "adal"])
 def test_go_sdk_in_the_pod(pod: Pod, app_home: Path, sdk: str) -> None:
-    argv = [str(go_client()), "-sdk", sdk, "-resource", VAULT]
+    argv = [str(or_skip(go_client)), "-sdk", sdk, "-resource", VAULT]
     assert_token(pod, run_in_pod(pod, argv, app_home), VAULT)
 
 
 def test_javascript_sdk_in_the_pod(pod: Pod, app_home: Path) -> None:
-    node_modules()
+    or_skip(node_modules)
     result = run_in_pod(pod, ["node", str(JS_PROJECT / "get_token.mjs"), ARM], app_home)
     result["expires_on"] = int(str(result.pop("expiresOnTimestamp"))) / 1000
     assert_token(pod, result, ARM)
 
 
 def test_ms_rest_nodeauth_in_the_pod(pod: Pod, app_home: Path) -> None:
-    node_modules()
+    or_skip(node_modules)
     result = run_in_pod(pod, ["node", str(JS_PROJECT / "ms_rest_nodeauth.mjs"), VAULT], app_home)
     result["expires_on"] = result["expiresOnMs"]  # seconds, read as milliseconds by the library
     assert_token(pod, result, VAULT)
 
 
 def test_azure_cli_in_the_pod(pod: Pod, app_home: Path) -> None:
-    az = azure_cli()
+    az = or_skip(azure_cli)
     workdir = app_home / "arm"
     workdir.mkdir()
     arm = pod.net.pod.popen(
