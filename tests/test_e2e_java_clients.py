@@ -9,7 +9,7 @@ MSI_ENDPOINT or AZURE_* that would select another source); nothing leaves loopba
   (CONNECT 169.254.169.254:80), so its proxy is a loopback tunnel to the imds-proxy
   (tests/connect_tunnel.py). Its other override, AZURE_POD_IDENTITY_AUTHORITY_HOST, makes
   MSAL for Java ask for `//metadata/identity/oauth2/token` (it appends a path that starts
-  with two slashes), so it is not used;
+  with two slashes): tested too, as the proxy reads paths in their canonical form;
 - msal4j ManagedIdentityApplication on its own (HttpURLConnection), and
 - the legacy azure-client-authentication MSICredentials (HttpURLConnection; reads only the
   first line of the body, `expires_on` with Integer.parseInt): plain absolute-form requests
@@ -111,3 +111,22 @@ def test_java_client_user_assigned(
         expires_on=float(str(result["expires_on"])),
     )
     assert fake_entra.stats()["token_requests"]["by_client_id"] == {SECOND_CLIENT_ID: 1}
+
+
+def test_azure_identity_pointed_by_pod_identity_authority_host(
+    classpath: str, proxy: ProxyProcess, fake_entra: FakeEntra, tmp_path: Path
+) -> None:
+    env = clean_env(tmp_path, AZURE_POD_IDENTITY_AUTHORITY_HOST=proxy.base)
+    argv = ["java", "-cp", classpath, CLIENTS["azure-identity"], ARM]
+    result = run_client(argv, env, JAVA_PROJECT)
+    assert "error" not in result, result
+    assert_issued_to(
+        str(result["token"]),
+        tenant_id=fake_entra.info.tenant_id,
+        audience=ARM,
+        client_id=fake_entra.info.client_id,
+        expires_on=float(str(result["expires_on"])),
+    )
+    proxy.stop()
+    paths = {line["path"] for line in proxy.logs() if line["event"] == "received token request"}
+    assert paths == {"//metadata/identity/oauth2/token"}
