@@ -100,8 +100,13 @@ class ArmStandIn:
             "suffixes": {},
         }
 
-    def bearer_tokens(self) -> list[str]:
-        return [s["authorization"].removeprefix("Bearer ") for s in self.seen]
+    def bearer_tokens(self, path: str) -> list[str]:
+        """The tokens sent with each request whose path starts with ``path``."""
+        return [
+            s["authorization"].removeprefix("Bearer ")
+            for s in self.seen
+            if s["path"].startswith(path)
+        ]
 
     def __enter__(self) -> ArmStandIn:
         self._thread.start()

@@ -43,8 +43,10 @@ def seed_config_dir(config_dir: Path) -> None:
     """The version check's cache, fresh: az then asks nobody which version is the latest."""
     config_dir.mkdir(parents=True, exist_ok=True)
     here = {"local": AZURE_CLI_VERSION, "pypi": AZURE_CLI_VERSION}
-    versions = {"versions": {"azure-cli": here, "core": here, "telemetry": here}}
-    versions["update_time"] = str(datetime.datetime.now())  # type: ignore[assignment]
+    versions = {
+        "versions": {"azure-cli": here, "core": here, "telemetry": here},
+        "update_time": str(datetime.datetime.now()),
+    }
     (config_dir / "versionCheck.json").write_text(json.dumps(versions))
     (config_dir / "config").write_text(
         "[auto-upgrade]\nenable = no\n[core]\ncollect_telemetry = no\n"

@@ -64,11 +64,7 @@ def test_az_login_identity_then_get_access_token(
     accounts = run_az(az, login, az_env)
     assert [(a["id"], a["tenantId"]) for a in accounts] == [(SUBSCRIPTION_ID, tenant)]
     # The subscription listing carried the ARM token the proxy handed out.
-    listing = [
-        t
-        for t, s in zip(arm.bearer_tokens(), arm.seen, strict=True)
-        if "subscriptions" in s["path"]
-    ]
+    listing = arm.bearer_tokens("/subscriptions")
     assert listing, arm.seen
     assert_issued_to(
         listing[-1], tenant_id=tenant, audience=ARM_AUDIENCE, client_id=expected_client
