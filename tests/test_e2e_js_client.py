@@ -91,7 +91,7 @@ def ms_rest_nodeauth_token(
     proxy: ProxyProcess, home: Path, resource: str, client_id: str = ""
 ) -> dict[str, object]:
     endpoint = proxy.base + "/metadata/identity/oauth2/token"
-    argv = ["node", str(JS / "ms_rest_nodeauth.mjs"), resource, client_id, endpoint]
+    argv = ["node", str(JS / "login_with_vm_msi.mjs"), resource, client_id, endpoint]
     return run_client(argv, clean_env(home), JS)
 
 

@@ -99,7 +99,7 @@ def test_javascript_sdk_in_the_pod(pod: Pod, app_home: Path) -> None:
 
 def test_ms_rest_nodeauth_in_the_pod(pod: Pod, app_home: Path) -> None:
     or_skip(node_modules)
-    result = run_in_pod(pod, ["node", str(JS_PROJECT / "ms_rest_nodeauth.mjs"), VAULT], app_home)
+    result = run_in_pod(pod, ["node", str(JS_PROJECT / "login_with_vm_msi.mjs"), VAULT], app_home)
     result["expires_on"] = result["expiresOnMs"]  # seconds, read as milliseconds by the library
     assert_token(pod, result, VAULT)
 
