@@ -23,9 +23,10 @@ import pytest
 import tests.test_pod_netns_e2e as pod_netns_e2e
 from tests.azure_cli import azure_cli_env, cloud_setup_commands, run_az, seed_config_dir
 from tests.jwt_claims import assert_issued_to
-from tests.netns import BACKENDS, REPO, requires_root, wait_for_line
+from tests.netns import BACKENDS, requires_root, wait_for_line
 from tests.sdk_clients import (
     JS_PROJECT,
+    TESTS,
     azure_cli,
     clean_env,
     go_client,
@@ -64,7 +65,7 @@ def as_app(pod: Pod) -> list[str]:
 
 
 def run_in_pod(pod: Pod, argv: list[str], home: Path) -> dict[str, object]:
-    return run_client(argv, clean_env(home), REPO, timeout=120, prefix=as_app(pod))
+    return run_client(argv, clean_env(home), TESTS.parent, timeout=120, prefix=as_app(pod))
 
 
 def assert_token(pod: Pod, result: dict[str, object], audience: str) -> None:
