@@ -34,16 +34,18 @@ image-test:
 	bash deploy/image-test.sh
 
 # Debian packages the tests need when run as root: network namespaces and both iptables
-# backends (init tests), curl (demo test), wrk and taskset (benchmarks), promtool (alert rules).
+# backends (init tests), curl (demo test), wrk and taskset (benchmarks), promtool (alert rules),
+# Java and Maven (the Java SDK clients in tests/clients/java).
 system-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
-	  for tool in iptables-legacy iptables-nft ip curl wrk taskset setpriv promtool; do \
+	  for tool in iptables-legacy iptables-nft ip curl wrk taskset setpriv promtool java mvn; do \
 	    command -v $$tool >/dev/null 2>&1 || missing=yes; \
 	  done; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends iptables iproute2 curl wrk util-linux prometheus >/dev/null; \
+	      --no-install-recommends iptables iproute2 curl wrk util-linux prometheus \
+	      default-jdk-headless maven >/dev/null; \
 	  fi; \
 	fi
 

@@ -13,3 +13,20 @@ def claims(token: str) -> dict[str, Any]:
         base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
     )
     return decoded
+
+
+def assert_issued_to(
+    token: str,
+    *,
+    tenant_id: str,
+    audience: str,
+    client_id: str,
+    expires_on: float | None = None,
+) -> dict[str, Any]:
+    """The token is the fake Entra ID's for that tenant, audience and client; and when the
+    client reports the expiry it computed, that expiry is the token's own `exp` (±2 s)."""
+    got = claims(token)
+    assert (got["aud"], got["appid"], got["tid"]) == (audience, client_id, tenant_id), got
+    if expires_on is not None:
+        assert abs(expires_on - got["exp"]) <= 2, (expires_on, got["exp"])
+    return got

@@ -1,7 +1,13 @@
-"""The JavaScript SDK (@azure/identity) gets its token through the real proxy process.
+"""The JavaScript SDKs get their tokens through the real proxy process.
 
-It differs from the Python SDKs where IMDS-COMPAT says so: it calls the path with a
-trailing slash and reads `expires_on` (not `expires_in`), so it guards both.
+@azure/identity differs from the Python SDKs where IMDS-COMPAT says so: it calls the path
+with a trailing slash and reads `expires_on` (not `expires_in`), so it guards both.
+
+The legacy @azure/ms-rest-nodeauth (`loginWithVmMSI`) sends its request straight to its
+HTTP client, past the pipeline's proxy policy, so HTTP_PROXY cannot reach it; it is pointed
+at the proxy with its own `msiEndpoint` option here, and runs with its defaults against the
+real redirect in test_pod_netns_clients.py. It parses `expires_on` as milliseconds (a Date
+in January 1970): harmless, since it asks again for every request it signs.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import pytest
 
 from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
-from tests.jwt_claims import claims
+from tests.jwt_claims import assert_issued_to, claims
 from tests.proxy_process import ProxyProcess
+from tests.sdk_clients import clean_env, node_modules, or_skip, run_client
 
 JS = Path(__file__).resolve().parent / "js"
 pytestmark = pytest.mark.skipif(
@@ -29,15 +36,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def js_sdk() -> Path:
-    """@azure/identity installed once (npm registry) into tests/js/node_modules."""
-    if not (JS / "node_modules" / "@azure" / "identity").exists():
-        subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=JS,
-            check=True,
-            timeout=300,
-            stdin=subprocess.DEVNULL,
-        )
+    """tests/js's packages installed once (npm registry) into tests/js/node_modules."""
+    or_skip(node_modules)
     return JS / "get_token.mjs"
 
 
@@ -85,3 +85,30 @@ def test_javascript_sdk_sees_entra_rejection(
     fake_entra.behave(unknown_resources=["https://nope.example"])
     result = node_get_token(js_sdk, proxy, "https://nope.example")
     assert "AADSTS500011" in str(result.get("error"))
+
+
+def ms_rest_nodeauth_token(
+    proxy: ProxyProcess, home: Path, resource: str, client_id: str = ""
+) -> dict[str, object]:
+    endpoint = proxy.base + "/metadata/identity/oauth2/token"
+    argv = ["node", str(JS / "login_with_vm_msi.mjs"), resource, client_id, endpoint]
+    return run_client(argv, clean_env(home), JS)
+
+
+@pytest.mark.parametrize("user_assigned", [False, True])
+def test_ms_rest_nodeauth_login_with_vm_msi(
+    js_sdk: Path, proxy: ProxyProcess, fake_entra: FakeEntra, tmp_path: Path, user_assigned: bool
+) -> None:
+    asked = SECOND_CLIENT_ID if user_assigned else ""
+    result = ms_rest_nodeauth_token(proxy, tmp_path, "https://management.azure.com/", asked)
+    assert result.get("tokenType") == "Bearer", result
+    issued = assert_issued_to(
+        str(result["token"]),
+        tenant_id=fake_entra.info.tenant_id,
+        audience="https://management.azure.com/",
+        client_id=asked or fake_entra.info.client_id,
+    )
+    # What the library computed: the epoch seconds (as a Date's milliseconds), and
+    # expires_in counted from now.
+    assert result["expiresOnMs"] == issued["exp"]
+    assert abs(time.time() + float(str(result["expiresIn"])) - issued["exp"]) <= 2
