@@ -51,6 +51,7 @@ class Settings:
     entra_timeout: float = 10.0
     cache_max_entries: int = 1024
     rejected_ttl: float = 5.0
+    propagation_window: float = 300.0
     prefetch_resources: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -122,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an Entra 4xx is answered from memory",
     )
     add(
+        "--propagation-window",
+        type=float,
+        default=_DEFAULT["propagation_window"],
+        help="seconds after an identity's first exchange during which 'no matching federated "
+        "credential' is answered 503 and retried (a new credential propagating)",
+    )
+    add(
         "--prefetch-resource",
         action="append",
         default=[],
@@ -164,6 +172,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         ("--shutdown-grace", args.shutdown_grace),
         ("--entra-timeout", args.entra_timeout),
         ("--rejected-ttl", args.rejected_ttl),
+        ("--propagation-window", args.propagation_window),
     ):
         if not value >= 0:
             raise ConfigError(f"{name}: must not be negative")
@@ -192,6 +201,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         entra_timeout=args.entra_timeout,
         cache_max_entries=args.cache_max_entries,
         rejected_ttl=args.rejected_ttl,
+        propagation_window=args.propagation_window,
         prefetch_resources=prefetch,
     )
 

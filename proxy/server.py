@@ -25,6 +25,7 @@ from proxy.forward import Forwarder
 from proxy.logs import get_logger
 from proxy.metrics import ExchangeMetrics, ProxyCollector, RequestMetrics, build_registry
 from proxy.requestlog import RequestLog
+from proxy.status import status_page
 from proxy.tokens.cache import CachePolicy, TokenCache
 from proxy.tokens.entra import EntraExchange
 from proxy.tokens.errors import CredentialUnavailable
@@ -54,7 +55,11 @@ class ProxyServer:
         self.exchange_metrics = ExchangeMetrics()
         self.cache = TokenCache(
             self.exchange_metrics.metered(self.exchange),
-            CachePolicy(max_entries=settings.cache_max_entries, rejected_ttl=settings.rejected_ttl),
+            CachePolicy(
+                max_entries=settings.cache_max_entries,
+                rejected_ttl=settings.rejected_ttl,
+                propagation_window=settings.propagation_window,
+            ),
         )
         self.forwarder = Forwarder(settings.imds_upstream)
         self.proxy = Proxy(settings, self.cache, self.assertion, self.forwarder, RequestMetrics())
@@ -148,7 +153,11 @@ class ProxyServer:
         registry: CollectorRegistry = self.registry
 
         async def metrics(request: web.Request) -> web.Response:
-            if request.path != "/metrics" or request.method != "GET":
+            if request.method != "GET":
+                raise web.HTTPNotFound()
+            if request.path == "/status":
+                return web.json_response(await status_page(self.proxy))
+            if request.path != "/metrics":
                 raise web.HTTPNotFound()
             payload = generate_latest(registry)  # on the loop: the collector reads live state
             return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
