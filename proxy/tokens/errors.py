@@ -54,7 +54,7 @@ class FederationRejected(EntraRejected):
     `propagates` says whether a new federated credential may simply not be effective yet.
     """
 
-    kind = "federation"
+    kind = "rejected"  # the cause, not the kind, tells federation classes apart
 
     def __init__(
         self,
