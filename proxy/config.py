@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer IMDS managed-identity token requests with Entra Workload ID tokens.",
         epilog="Environment: AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (required), "
         "AZURE_CLIENT_ID (the default identity), AZURE_AUTHORITY_HOST, REQUESTS_CA_BUNDLE, "
-        "HTTPS_PROXY/NO_PROXY. Subcommand: `imds-proxy dev` runs it against a local issuer.",
+        "HTTPS_PROXY/NO_PROXY. Subcommands: `imds-proxy dev` runs it against a local issuer, "
+        "`imds-proxy doctor` checks the setup and prints how to fix it.",
     )
     add = parser.add_argument
     add(
