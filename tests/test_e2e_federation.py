@@ -165,6 +165,9 @@ def test_metrics_count_federation_failures_by_cause(fake_entra: FakeEntra, tmp_p
     assert status["ready"] is True
     assert status["last_failure"]["kind"] == "federation_pending"
     assert status["last_failure"]["cause"] == "no_matching_credential"
+    fix = status["last_failure"]["fix"]
+    assert fix.startswith("create the federated credential with exactly these values: az ")
+    assert f"--subject {fake_entra.info.service_account_subject} " in fix
     assert status["federation_failures"] == [
         {"cause": "no_matching_credential", "phase": "propagating", "count": 1}
     ]

@@ -34,7 +34,8 @@ def rejection(cause_name: str) -> FederationRejected:
     cause = next(c for c in federation.CAUSES if c.name == cause_name)
     code = CODE_OF[cause_name]
     text = federation.explain(cause, code, CLAIMS, CLIENT, TENANT)
-    return FederationRejected("invalid_client", text, code, 400, cause.name, cause.propagates)
+    fix = federation.fill(cause.fix, CLAIMS, CLIENT, TENANT)
+    return FederationRejected("invalid_client", text, code, 400, cause.name, fix, cause.propagates)
 
 
 class FakeSleep:
@@ -113,6 +114,10 @@ async def test_inside_the_window_no_matching_credential_is_503_with_retry_after(
     assert line["cause"] == "no_matching_credential"
     assert line["client_id"] == CLIENT and line["tenant_id"] == TENANT
     assert cache.stats.federation_failures == {("no_matching_credential", "propagating"): 1}
+    failure = cache.last_failure
+    assert failure is not None and failure.kind == "federation_pending"
+    assert failure.fix is not None and f"--subject {CLAIMS.sub} " in failure.fix
+    assert failure.fix in text
 
 
 async def test_entra_is_asked_at_most_once_per_poll_interval_per_identity(
@@ -258,5 +263,5 @@ def test_every_documented_code_has_one_cause() -> None:
 
 
 def test_pending_answers_cap_retry_after() -> None:
-    pending = FederationPending("x", 3600.0, "no_matching_credential", "70021")
+    pending = FederationPending("x", 3600.0, "no_matching_credential", "70021", "fix it")
     assert imds.error_for(pending).headers["Retry-After"] == "60"

@@ -24,6 +24,7 @@ from proxy.tokens.errors import (
     EntraRejected,
     EntraThrottled,
     EntraUnavailable,
+    FederationRejected,
     TokenError,
 )
 from proxy.tokens.federation import AUDIENCE
@@ -207,9 +208,8 @@ def check_exchange(
 
 
 def _exchange_failure(exc: TokenError) -> tuple[str, str]:
-    cause, found, fix = exc.description.partition(" Fix: ")
-    if found:  # a federation cause: the table's explanation carries its fix
-        return cause, fix
+    if isinstance(exc, FederationRejected):  # the table's cause, with its fix
+        return exc.description.partition(" Fix: ")[0], exc.fix
     if isinstance(exc, EntraRejected) and exc.aadsts:
         return exc.description, (
             f"see https://login.microsoftonline.com/error?code={exc.aadsts} for AADSTS{exc.aadsts}"
@@ -245,7 +245,5 @@ def check_running_proxy(host: str, port: int) -> Check:
     if status.get("ready"):
         return Check(name, True, f"ready; {last}")
     reasons = "; ".join(map(str, status.get("reasons") or ())) or "unknown"
-    fix = (
-        str(failure.get("description", "")).partition(" Fix: ")[2] if failure else ""
-    ) or "fix the checks above; readiness follows"
+    fix = (failure or {}).get("fix") or "fix the checks above; readiness follows"
     return Check(name, False, f"not ready: {reasons}; {last}", fix)

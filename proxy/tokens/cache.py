@@ -103,6 +103,7 @@ class FailureRecord:
     description: str
     aadsts: str | None = None
     cause: str | None = None
+    fix: str | None = None
 
 
 class _Identity:
@@ -353,6 +354,7 @@ class TokenCache:
             poll,
             exc.cause,
             exc.aadsts,
+            exc.fix,
         )
         identity.pending, identity.pending_until = pending, now + poll
         return pending
@@ -408,7 +410,14 @@ class TokenCache:
         serving = entry.token is not None and now < entry.token.expires_on
         aadsts, cause = getattr(exc, "aadsts", None), getattr(exc, "cause", None)
         self.last_failure = FailureRecord(
-            now, exc.kind, key.client_id, key.scope, exc.description, aadsts, cause
+            now,
+            exc.kind,
+            key.client_id,
+            key.scope,
+            exc.description,
+            aadsts,
+            cause,
+            getattr(exc, "fix", None),
         )
         log.warning(
             "federated credential is not effective yet"

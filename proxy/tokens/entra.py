@@ -242,8 +242,9 @@ def _explained(
     if cause is None or exc.aadsts is None:
         return exc
     description = federation.explain(cause, exc.aadsts, claims, key.client_id, key.tenant_id)
+    fix = federation.fill(cause.fix, claims, key.client_id, key.tenant_id)
     return FederationRejected(
-        exc.error, description, exc.aadsts, exc.status, cause.name, cause.propagates
+        exc.error, description, exc.aadsts, exc.status, cause.name, fix, cause.propagates
     )
 
 
