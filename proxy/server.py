@@ -69,6 +69,7 @@ class ProxyServer:
                 self.exchange_metrics,
                 self.cache,
                 lambda: self._service_account_expires_at,
+                usage=self.proxy.callers,
             )
         )
         self._runners: list[web.BaseRunner] = []
@@ -153,16 +154,20 @@ class ProxyServer:
         registry: CollectorRegistry = self.registry
 
         async def metrics(request: web.Request) -> web.Response:
-            if request.method != "GET":
-                raise web.HTTPNotFound()
-            if request.path == "/status":
-                return web.json_response(await status_page(self.proxy))
-            if request.path != "/metrics":
+            if request.path != "/metrics" or request.method != "GET":
                 raise web.HTTPNotFound()
             payload = generate_latest(registry)  # on the loop: the collector reads live state
             return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+        async def report(request: web.Request) -> web.Response:
+            return web.json_response(self.proxy.callers.report())  # the migration report
+
+        async def status(request: web.Request) -> web.Response:
+            return web.json_response(await status_page(self.proxy))  # readiness, last failure
+
         app = web.Application()
+        app.router.add_get("/report", report)
+        app.router.add_get("/status", status)
         app.router.add_route("*", "/{tail:.*}", metrics)
         return app
 
