@@ -54,6 +54,9 @@ class Settings:
     rejected_ttl: float = 5.0
     propagation_window: float = 300.0
     prefetch_resources: tuple[str, ...] = field(default_factory=tuple)
+    identity_header: str | None = field(default=None, repr=False)
+    """The App Service endpoint's expected secret (env IDENTITY_HEADER); never printed."""
+    identity_header_file: str | None = None
 
 
 _DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
@@ -66,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer IMDS managed-identity token requests with Entra Workload ID tokens.",
         epilog="Environment: AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (required), "
         "AZURE_CLIENT_ID (the default identity), AZURE_AUTHORITY_HOST, REQUESTS_CA_BUNDLE, "
-        "HTTPS_PROXY/NO_PROXY. Subcommands: `imds-proxy dev` runs it against a local issuer, "
+        "HTTPS_PROXY/NO_PROXY, IDENTITY_HEADER (the App Service endpoint's secret). "
+        "Subcommands: `imds-proxy dev` runs it against a local issuer, "
         "`imds-proxy doctor` checks the setup and prints how to fix it.",
     )
     add = parser.add_argument
@@ -141,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch a token for RESOURCE at start (repeatable)",
     )
     add(
+        "--identity-header-file",
+        metavar="PATH",
+        help="file holding the secret App Service callers send (default: env IDENTITY_HEADER)",
+    )
+    add(
         "--probe",
         action="store_true",
         help="poll /readyz on --proxy-port (7 tries, 1 s apart) and exit 0 when ready",
@@ -185,6 +194,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         raise ConfigError("--prefetch-resource: must not be empty")
     if prefetch and client_id is None:
         raise ConfigError("--prefetch-resource: needs AZURE_CLIENT_ID, the identity to fetch for")
+    identity_header_file = (args.identity_header_file or "").strip() or None
     ca_bundle = (environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or "").strip()
     return Settings(
         tenant_id=tenant,
@@ -205,6 +215,8 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         rejected_ttl=args.rejected_ttl,
         propagation_window=args.propagation_window,
         prefetch_resources=prefetch,
+        identity_header=environ.get("IDENTITY_HEADER", "").strip() or None,
+        identity_header_file=identity_header_file,
     )
 
 
