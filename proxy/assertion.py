@@ -17,12 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.tokens.errors import CredentialUnavailable
+from proxy.tokens.federation import AssertionClaims
+
+_NO_CLAIMS = AssertionClaims()
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceAccountToken:
     value: str
     expires_at: float | None
+    claims: AssertionClaims = _NO_CLAIMS
+    """`iss`, `sub` and `aud`, to explain a federation rejection (safe to show)."""
 
     def __repr__(self) -> str:  # never show the token itself
         return f"ServiceAccountToken(expires_at={self.expires_at})"
@@ -80,11 +85,14 @@ class AssertionSource:
             ) from None
         if not value:
             raise CredentialUnavailable(f"service-account token file {self.path} is empty")
-        return ServiceAccountToken(value=value, expires_at=_expiry(value, self.path))
+        claims = _claims(value, self.path)
+        return ServiceAccountToken(
+            value=value, expires_at=_expiry(claims), claims=_federation_claims(claims)
+        )
 
 
-def _expiry(jwt: str, path: str) -> float | None:
-    """The `exp` claim, read without verifying (Entra verifies; we only avoid sending junk)."""
+def _claims(jwt: str, path: str) -> dict[str, object]:
+    """The payload, read without verifying (Entra verifies; we only avoid sending junk)."""
     parts = jwt.split(".")
     if len(parts) != 3:
         raise CredentialUnavailable(f"service-account token in {path} is not a JWT")
@@ -93,7 +101,26 @@ def _expiry(jwt: str, path: str) -> float | None:
         claims = json.loads(base64.urlsafe_b64decode(payload))
     except (binascii.Error, ValueError):
         raise CredentialUnavailable(f"service-account token in {path} is not a JWT") from None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return claims if isinstance(claims, dict) else {}
+
+
+def _federation_claims(claims: dict[str, object]) -> AssertionClaims:
+    aud = claims.get("aud")
+    audience = " ".join(map(str, aud)) if isinstance(aud, list) else aud
+    found = {"iss": claims.get("iss"), "sub": claims.get("sub"), "aud": audience}
+    return AssertionClaims(
+        **{name: _clip(value) for name, value in found.items() if isinstance(value, str) and value}
+    )
+
+
+def _clip(value: str, limit: int = 300) -> str:
+    """A claim as it may be quoted: printable, bounded."""
+    text = "".join(c if c.isprintable() else "?" for c in value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _expiry(claims: dict[str, object]) -> float | None:
+    exp = claims.get("exp")
     try:
         return float(exp) if isinstance(exp, int | float) else None
     except OverflowError:  # an absurd integer: treat the token as not expiring, Entra judges

@@ -22,6 +22,10 @@ PROBE_INTERVAL = 1.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["doctor"]:
+        from proxy.doctor import main as doctor
+
+        return doctor(args[1:])
     if args[:1] == ["dev"]:
         from proxy.devmode import run_dev
 

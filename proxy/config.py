@@ -52,6 +52,7 @@ class Settings:
     entra_timeout: float = 10.0
     cache_max_entries: int = 1024
     rejected_ttl: float = 5.0
+    propagation_window: float = 300.0
     prefetch_resources: tuple[str, ...] = field(default_factory=tuple)
     identity_header: str | None = field(default=None, repr=False)
     """The App Service endpoint's expected secret (env IDENTITY_HEADER); never printed."""
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Environment: AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (required), "
         "AZURE_CLIENT_ID (the default identity), AZURE_AUTHORITY_HOST, REQUESTS_CA_BUNDLE, "
         "HTTPS_PROXY/NO_PROXY, IDENTITY_HEADER (the App Service endpoint's secret). "
-        "Subcommand: `imds-proxy dev` runs it against a local issuer.",
+        "Subcommands: `imds-proxy dev` runs it against a local issuer, "
+        "`imds-proxy doctor` checks the setup and prints how to fix it.",
     )
     add = parser.add_argument
     add(
@@ -129,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an Entra 4xx is answered from memory",
     )
     add(
+        "--propagation-window",
+        type=float,
+        default=_DEFAULT["propagation_window"],
+        help="seconds after an identity's first exchange during which 'no matching federated "
+        "credential' is answered 503 and retried (a new credential propagating)",
+    )
+    add(
         "--prefetch-resource",
         action="append",
         default=[],
@@ -174,6 +183,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         ("--shutdown-grace", args.shutdown_grace),
         ("--entra-timeout", args.entra_timeout),
         ("--rejected-ttl", args.rejected_ttl),
+        ("--propagation-window", args.propagation_window),
     ):
         if not value >= 0:
             raise ConfigError(f"{name}: must not be negative")
@@ -203,6 +213,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         entra_timeout=args.entra_timeout,
         cache_max_entries=args.cache_max_entries,
         rejected_ttl=args.rejected_ttl,
+        propagation_window=args.propagation_window,
         prefetch_resources=prefetch,
         identity_header=environ.get("IDENTITY_HEADER", "").strip() or None,
         identity_header_file=identity_header_file,

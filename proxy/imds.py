@@ -20,6 +20,7 @@ from proxy.tokens.errors import (
     EntraRejected,
     EntraThrottled,
     EntraUnavailable,
+    FederationPending,
     TokenError,
 )
 from proxy.tokens.model import AccessToken, TokenKey
@@ -30,6 +31,8 @@ _OLDEST_API_VERSION = "2018-02-01"
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MAX_RESOURCE_LENGTH = 2048
 _UNSUPPORTED_SELECTORS = ("object_id", "msi_res_id", "mi_res_id")
+MAX_RETRY_AFTER = 60
+"""azidentity gives up on a larger Retry-After; MSAL Python goes silent for all of it."""
 
 
 class ImdsError(Exception):
@@ -54,7 +57,7 @@ class ImdsError(Exception):
         self.body = error_body(error, description)  # built once: many errors are constants
         self.headers = {"Content-Type": JSON}
         if retry_after is not None:
-            self.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+            self.headers["Retry-After"] = str(min(max(1, math.ceil(retry_after)), MAX_RETRY_AFTER))
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +237,15 @@ def error_for(exc: TokenError) -> ImdsError:
             exc.description,
             retry_after=exc.retry_after,
             reason="throttled",
+        )
+    if isinstance(exc, FederationPending):
+        # Transient by construction: SDKs retry a 5xx, while a 400 would be final for them.
+        return ImdsError(
+            503,
+            "temporarily_unavailable",
+            exc.description,
+            retry_after=exc.retry_after,
+            reason="federation_pending",
         )
     if isinstance(exc, EntraUnavailable):
         return ImdsError(

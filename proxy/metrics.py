@@ -193,6 +193,15 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_cache_entries", "Keys held in the token cache.", value=len(self._cache)
         )
+        federation = CounterMetricFamily(
+            f"{PREFIX}_federation_failures",
+            "Federation rejections by cause; phase 'propagating' was answered 503 inside the "
+            "propagation window, 'final' 400.",
+            labels=["cause", "phase"],
+        )
+        for (cause, phase), count in sorted(stats.federation_failures.items()):
+            federation.add_metric([cause, phase], count)
+        yield federation
 
     def _exchange_metrics(self) -> Iterator[Metric]:
         outcomes = CounterMetricFamily(

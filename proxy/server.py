@@ -25,6 +25,7 @@ from proxy.forward import Forwarder
 from proxy.logs import get_logger
 from proxy.metrics import ExchangeMetrics, ProxyCollector, RequestMetrics, build_registry
 from proxy.requestlog import RequestLog
+from proxy.status import status_page
 from proxy.tokens.cache import CachePolicy, TokenCache
 from proxy.tokens.entra import EntraExchange
 from proxy.tokens.errors import CredentialUnavailable
@@ -54,7 +55,11 @@ class ProxyServer:
         self.exchange_metrics = ExchangeMetrics()
         self.cache = TokenCache(
             self.exchange_metrics.metered(self.exchange),
-            CachePolicy(max_entries=settings.cache_max_entries, rejected_ttl=settings.rejected_ttl),
+            CachePolicy(
+                max_entries=settings.cache_max_entries,
+                rejected_ttl=settings.rejected_ttl,
+                propagation_window=settings.propagation_window,
+            ),
         )
         self.forwarder = Forwarder(settings.imds_upstream)
         self.proxy = Proxy(settings, self.cache, self.assertion, self.forwarder, RequestMetrics())
@@ -157,8 +162,12 @@ class ProxyServer:
         async def report(request: web.Request) -> web.Response:
             return web.json_response(self.proxy.callers.report())  # the migration report
 
+        async def status(request: web.Request) -> web.Response:
+            return web.json_response(await status_page(self.proxy))  # readiness, last failure
+
         app = web.Application()
         app.router.add_get("/report", report)
+        app.router.add_get("/status", status)
         app.router.add_route("*", "/{tail:.*}", metrics)
         return app
 

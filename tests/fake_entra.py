@@ -197,8 +197,9 @@ class FakeEntra:
         return result
 
     def behave(self, **knobs: Any) -> dict[str, Any]:
-        """Set knobs: delay, mode ("normal"|"throttle"|"fail"), retry_after, status,
-        token_lifetime, unknown_resources, count (mode applies to the next N requests)."""
+        """Set knobs: delay, mode ("normal"|"throttle"|"fail"|"issuer_unreachable"),
+        retry_after, status, token_lifetime, unknown_resources, count (mode applies to the
+        next N requests)."""
         result: dict[str, Any] = self._call("POST", "behaviour", knobs)
         return result
 
@@ -222,8 +223,9 @@ class FakeEntra:
     def set_federated_credentials(
         self, credentials: Sequence[Mapping[str, Any]], *, client_id: str | None = None
     ) -> dict[str, Any]:
-        """Replace a client's credentials (``[{"issuer", "subject", "audiences"?}]``);
-        default client: the main one. ``[]`` removes them all (AADSTS70021)."""
+        """Replace a client's credentials (``[{"issuer", "subject", "audiences"?,
+        "effective_after"?}]``); default client: the main one. ``[]`` removes them all
+        (AADSTS70021); ``effective_after`` seconds make one "propagate" that late."""
         body = {"client_id": client_id or self.info.client_id, "credentials": list(credentials)}
         result: dict[str, Any] = self._call("POST", "federated-credentials", body)
         return result

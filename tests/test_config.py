@@ -125,7 +125,9 @@ def test_metrics_port_zero_turns_metrics_off() -> None:
     assert load("--metrics-port=0").metrics_port == 0
 
 
-@pytest.mark.parametrize("flag", ["--shutdown-grace", "--entra-timeout", "--rejected-ttl"])
+@pytest.mark.parametrize(
+    "flag", ["--shutdown-grace", "--entra-timeout", "--rejected-ttl", "--propagation-window"]
+)
 @pytest.mark.parametrize("value", ["-1", "-0.5", "nan"])
 def test_negative_or_nan_durations_are_rejected(flag: str, value: str) -> None:
     assert config_error([f"{flag}={value}"], ENV) == f"{flag}: must not be negative"
@@ -138,6 +140,8 @@ def test_durations_are_read() -> None:
         2.5,
         30.0,
     )
+    assert load().propagation_window == 300.0
+    assert load("--propagation-window=0").propagation_window == 0.0
 
 
 def test_cache_size_must_be_positive() -> None:

@@ -67,6 +67,7 @@ REQUIRED_ALERTS = {
     "ImdsProxyServiceAccountTokenUnavailable",
     "ImdsProxyCachedTokenExpiringWithoutRefresh",
     "ImdsProxyTokenErrorsHigh",
+    "ImdsProxyFederationFailing",
     "ImdsProxySidecarUnused",
 }
 DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
@@ -242,6 +243,7 @@ def test_the_scrape_holds_the_labelled_series_the_checks_rely_on(scrape: Scrape)
     outcomes = scrape.values("imds_proxy_entra_exchanges_total", "outcome")
     assert {"success", "rejected", "throttled"} <= outcomes
     assert {"200", "400", "429"} <= scrape.values("imds_proxy_requests_total", "code")
+    assert "final" in scrape.values("imds_proxy_federation_failures_total", "phase")
     assert "imds_proxy_token_expiry_seconds" in scrape.samples
     assert "imds_proxy_service_account_token_expiry_seconds" in scrape.samples
 
@@ -356,7 +358,7 @@ def test_each_alert_aggregates_or_selects_the_sidecar_job() -> None:
         if "up{" in expr:
             assert 'job=~".*imds-proxy.*"' in expr
         else:
-            assert re.search(r"\b(by|on) \((namespace, pod|namespace)\)", expr), rule["alert"]
+            assert re.search(r"\b(by|on) \((namespace, pod|namespace)[,)]", expr), rule["alert"]
 
 
 def test_the_podmonitor_scrapes_the_sidecar_under_the_job_the_rules_select() -> None:
@@ -417,6 +419,7 @@ def test_dashboard_has_the_panels_sres_need() -> None:
         ("imds_proxy_cache_stale_served_total",),
         ("imds_proxy_cache_entries",),
         ("imds_proxy_cache_evictions_total",),
+        ("sum by (cause, phase) (", "imds_proxy_federation_failures_total"),
         ("process_resident_memory_bytes",),
         ("count by (version, python, msal) (imds_proxy_build_info",),
         ("sum by (client, supports_workload_identity) (", "imds_proxy_token_requests_by_client"),
@@ -505,7 +508,37 @@ ALERT_CASES: list[tuple[str, list[tuple[str, str]], str, list[dict[str, str]]]] 
     ),
 ]
 
+ALERT_CASES.append(
+    (
+        "ImdsProxyFederationFailing",
+        [
+            (
+                _series(
+                    "imds_proxy_federation_failures_total",
+                    'cause="no_matching_credential", phase="final"',
+                ),
+                "0x5 0+1x25",
+            )
+        ],
+        "20m",
+        [{**LABELS, "cause": "no_matching_credential"}],
+    )
+)
+
 QUIET_CASES: list[tuple[str, list[tuple[str, str]], str]] = [
+    (  # a credential propagating: answered 503 inside the window, no alert
+        "ImdsProxyFederationFailing",
+        [
+            (
+                _series(
+                    "imds_proxy_federation_failures_total",
+                    'cause="no_matching_credential", phase="propagating"',
+                ),
+                "0+1x30",
+            )
+        ],
+        "20m",
+    ),
     (  # failures while other exchanges succeed: not "failing"
         "ImdsProxyEntraExchangesFailing",
         [

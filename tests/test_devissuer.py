@@ -309,7 +309,7 @@ def test_token_errors_are_entra_shaped(fake_entra: FakeEntra, case: str) -> None
 def test_no_federated_credentials_at_all(fake_entra: FakeEntra) -> None:
     fake_entra.set_federated_credentials([])
     resp = _post(fake_entra, _form(fake_entra))
-    _assert_entra_error(resp, 400, 70021, "invalid_client")
+    _assert_entra_error(resp, 400, 70021, "invalid_request")
     assert "Assertion Subject: 'system:serviceaccount:default:workload'" in resp.text
 
 
@@ -317,6 +317,22 @@ def test_unknown_resource(fake_entra: FakeEntra) -> None:
     fake_entra.behave(unknown_resources=["https://unknown.example"])
     resp = _post(fake_entra, _form(fake_entra, scope="https://unknown.example/.default"))
     _assert_entra_error(resp, 400, 500011, "invalid_resource")
+    assert _post(fake_entra, _form(fake_entra)).status_code == 200
+
+
+def test_a_credential_propagates_after_its_delay(fake_entra: FakeEntra) -> None:
+    """Rejected with AADSTS70021 until `effective_after` has passed, then honoured."""
+    fake_entra.set_federated_credentials([fake_entra.matching_credential(effective_after=1.5)])
+    _assert_entra_error(_post(fake_entra, _form(fake_entra)), 400, 70021, "invalid_request")
+    time.sleep(1.6)
+    assert _post(fake_entra, _form(fake_entra)).status_code == 200
+
+
+def test_issuer_unreachable_mode_answers_aadsts90061(fake_entra: FakeEntra) -> None:
+    fake_entra.behave(mode="issuer_unreachable", count=1)
+    resp = _post(fake_entra, _form(fake_entra))
+    _assert_entra_error(resp, 400, 90061, "invalid_request")
+    assert "\r\nTrace ID: " in resp.json()["error_description"]
     assert _post(fake_entra, _form(fake_entra)).status_code == 200
 
 

@@ -69,9 +69,19 @@ def test_failures_are_counted_by_kind_and_code(proxy: ProxyProcess, fake_entra: 
     requests.get(proxy.url("https://vault.azure.net"), headers=META, timeout=10)
     metrics = proxy.metrics()
     assert sample(metrics, "imds_proxy_entra_exchanges_total", outcome="unavailable") == 1
-    assert sample(metrics, "imds_proxy_entra_exchange_duration_seconds_count") == 3
+    # A federation rejection (700016: unknown client) is retried once before it counts.
+    assert sample(metrics, "imds_proxy_entra_exchange_duration_seconds_count") == 4
     assert (
         sample(metrics, "imds_proxy_entra_exchanges_total", outcome="rejected", aadsts="700016")
+        == 2
+    )
+    assert (
+        sample(
+            metrics,
+            "imds_proxy_federation_failures_total",
+            cause="unknown_client",
+            phase="final",
+        )
         == 1
     )
     assert sample(metrics, "imds_proxy_entra_exchanges_total", outcome="throttled") == 1

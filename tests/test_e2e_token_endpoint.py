@@ -156,9 +156,12 @@ def test_no_matching_federated_credential(proxy: ProxyProcess, fake_entra: FakeE
     fake_entra.set_federated_credentials(
         [fake_entra.matching_credential(subject="system:serviceaccount:other:sa")]
     )
-    status, _, description = error_of(get(proxy.url(ARM)))
-    assert status == 400
-    assert "AADSTS700213" in description or "AADSTS70021" in description
+    response = get(proxy.url(ARM))
+    status, error, description = error_of(response)
+    # Right after start it may be a credential propagating: transient, so SDKs retry.
+    assert (status, error) == (503, "temporarily_unavailable")
+    assert response.headers["Retry-After"] == "5"
+    assert "not effective yet" in description and "AADSTS700213" in description
 
 
 def test_unknown_resource_is_invalid_resource(proxy: ProxyProcess, fake_entra: FakeEntra) -> None:
@@ -171,7 +174,7 @@ def test_unknown_resource_is_invalid_resource(proxy: ProxyProcess, fake_entra: F
 def test_rejection_is_remembered_briefly(proxy: ProxyProcess, fake_entra: FakeEntra) -> None:
     for _ in range(5):
         assert get(proxy.url(ARM, client_id=UNKNOWN_CLIENT)).status_code == 400
-    assert fake_entra.stats()["token_requests"]["total"] == 1
+    assert fake_entra.stats()["token_requests"]["total"] == 2, "the call and its one retry"
 
 
 def test_throttling_is_429_with_retry_after_and_no_extra_calls(
@@ -216,19 +219,24 @@ def test_entra_unreachable_is_503(fake_entra: FakeEntra, tmp_path: Path) -> None
 
 
 def test_rotated_token_file_is_used_for_the_next_exchange(
-    proxy: ProxyProcess, fake_entra: FakeEntra
+    fake_entra: FakeEntra, fake_imds: FakeImds, tmp_path: Path
 ) -> None:
-    assert get(proxy.url(ARM)).status_code == 200
-    try:
-        fake_entra.rotate(subject="system:serviceaccount:default:rotated")
-        # A new resource forces a new exchange; Entra sees the new subject and refuses it.
-        status, _, description = error_of(get(proxy.url("https://vault.azure.net")))
-        assert status == 400 and "AADSTS700213" in description
-        # The still-valid token for the first resource is untouched by the rotation.
+    # No propagation window: a rejection is final at once, and holds no identity.
+    with running_proxy(
+        fake_entra.env(), tmp_path, ["--propagation-window=0"], imds_upstream=fake_imds.url
+    ) as proxy:
         assert get(proxy.url(ARM)).status_code == 200
-    finally:
-        fake_entra.rotate(subject=fake_entra.info.service_account_subject)
-    assert get(proxy.url("https://storage.azure.com")).status_code == 200
+        try:
+            fake_entra.rotate(subject="system:serviceaccount:default:rotated")
+            # A new resource forces a new exchange; Entra sees the new subject, refuses it.
+            status, _, description = error_of(get(proxy.url("https://vault.azure.net")))
+            assert status == 400 and "AADSTS700213" in description
+            assert "sub=system:serviceaccount:default:rotated" in description
+            # The still-valid token for the first resource is untouched by the rotation.
+            assert get(proxy.url(ARM)).status_code == 200
+        finally:
+            fake_entra.rotate(subject=fake_entra.info.service_account_subject)
+        assert get(proxy.url("https://storage.azure.com")).status_code == 200
 
 
 def test_missing_or_expired_token_file(fake_entra: FakeEntra, tmp_path: Path) -> None:

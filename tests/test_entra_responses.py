@@ -19,7 +19,12 @@ from aiohttp import web
 from proxy.assertion import AssertionSource
 from proxy.devissuer.pki import generate_tls_files
 from proxy.tokens.entra import EntraExchange
-from proxy.tokens.errors import EntraRejected, EntraThrottled, EntraUnavailable
+from proxy.tokens.errors import (
+    EntraRejected,
+    EntraThrottled,
+    EntraUnavailable,
+    FederationRejected,
+)
 from proxy.tokens.model import TokenKey
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -113,3 +118,59 @@ async def test_a_json_answer_still_gives_a_token(endpoint: Endpoint, tmp_path: P
     )
     token = await exchange_for(endpoint, tmp_path)(KEY)
     assert token.value == "eyJ.a.b" and 3590 < token.expires_on - time.time() <= 3599
+
+
+def entra_error(code: int, error: str, message: str) -> str:
+    return json.dumps(
+        {
+            "error": error,
+            "error_description": f"AADSTS{code}: {message}\r\nTrace ID: t\r\nCorrelation ID: c",
+            "error_codes": [code],
+        }
+    )
+
+
+async def test_a_federation_code_is_explained_with_the_tokens_claims(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    payload = {
+        "exp": time.time() + 3600,
+        "iss": "https://oidc.example/abc",
+        "sub": "system:serviceaccount:shop:orders",
+        "aud": ["api://AzureADTokenExchange"],
+    }
+    encoded = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    (tmp_path / "token").write_text("eyJhbGciOiJub25lIn0." + encoded + ".sig")
+    exchange = EntraExchange(
+        endpoint.authority_host,
+        AssertionSource(str(tmp_path / "token")),
+        ca_bundle=endpoint.ca_bundle,
+        timeout=5,
+    )
+    endpoint.answer.status = 400
+    endpoint.answer.body = entra_error(700213, "invalid_client", "No matching federated record")
+    with pytest.raises(FederationRejected) as raised:
+        await exchange(KEY)
+    failure = raised.value
+    assert (failure.cause, failure.propagates, failure.aadsts) == (
+        "no_matching_credential",
+        True,
+        "700213",
+    )
+    assert failure.description.startswith("AADSTS700213: no federated identity credential")
+    assert "--issuer https://oidc.example/abc --subject system:serviceaccount:shop:orders" in (
+        failure.description
+    )
+    assert "aud=api://AzureADTokenExchange" in failure.description
+    assert encoded not in failure.description
+
+
+async def test_an_unknown_code_passes_through_as_entra_wrote_it(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    endpoint.answer.status = 400
+    endpoint.answer.body = entra_error(7000215, "invalid_client", "Invalid client secret.")
+    with pytest.raises(EntraRejected) as raised:
+        await exchange_for(endpoint, tmp_path)(KEY)
+    assert not isinstance(raised.value, FederationRejected)
+    assert raised.value.description.startswith("AADSTS7000215: Invalid client secret.")

@@ -138,6 +138,13 @@ async def token(request: web.Request) -> web.Response:
                 correlation_id=correlation_id,
                 headers={"Retry-After": behaviour.retry_after_header},
             )
+        if mode == "issuer_unreachable":
+            stats.by_outcome["AADSTS90061"] += 1
+            return EntraError(
+                errors.ISSUER_UNREACHABLE,
+                "invalid_request",
+                "Request to External OIDC endpoint failed.",
+            ).response(host=request.host, correlation_id=correlation_id)
         if mode == "fail":
             stats.by_outcome["failed"] += 1
             return EntraError(

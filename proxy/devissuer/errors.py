@@ -2,7 +2,8 @@
 
 Callers (MSAL, the proxy, people reading logs) key off the ``AADSTSnnnnnn:`` prefix, the
 ``error`` string and the ``error_codes`` list, so the fake reproduces Entra's JSON layout,
-including the ``Trace ID``/``Correlation ID``/``Timestamp`` trailer in the description.
+including the ``Trace ID``/``Correlation ID``/``Timestamp`` trailer in the description,
+each on its own ``\r\n``-separated line as Entra writes it.
 
 Every rejection of a token request is a ``400``, as MSAL users see for the federated
 credential codes (AADSTS70021, 700211-700213, 700016, 700024); only throttling (``429``) and
@@ -33,6 +34,7 @@ NO_MATCHING_SUBJECT = 700213
 INVALID_SCOPE = 70011
 SCOPE_NOT_DEFAULT = 1002012
 RESOURCE_NOT_FOUND = 500011
+ISSUER_UNREACHABLE = 90061
 THROTTLED = 90055
 TRANSIENT = 90033
 
@@ -72,8 +74,8 @@ class EntraError(Exception):
         body = {
             "error": self.error,
             "error_description": (
-                f"AADSTS{self.code}: {self.message} Trace ID: {trace_id} "
-                f"Correlation ID: {correlation_id} Timestamp: {now}"
+                f"AADSTS{self.code}: {self.message}\r\nTrace ID: {trace_id}\r\n"
+                f"Correlation ID: {correlation_id}\r\nTimestamp: {now}"
             ),
             "error_codes": [self.code],
             "timestamp": now,

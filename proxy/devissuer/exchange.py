@@ -119,11 +119,12 @@ def verify_assertion(state: IssuerState, client_id: str, assertion: str) -> Fede
     iss, sub = _claim_str(claims, "iss"), _claim_str(claims, "sub")
     audiences = _audiences(claims)
 
-    credentials = state.federated_credentials.get(client_id, ())
+    now = time.time()
+    credentials = [c for c in state.federated_credentials.get(client_id, ()) if c.effective(now)]
     if not credentials:
-        raise EntraError(
+        raise EntraError(  # "invalid_request", as in the Workload ID troubleshooting guide
             errors.NO_FEDERATED_RECORD,
-            "invalid_client",
+            "invalid_request",
             f"No matching federated identity record found for presented assertion. "
             f"Assertion Issuer: '{clip(iss)}'. Assertion Subject: '{clip(sub)}'. "
             f"Assertion Audience: '{clip(audiences[0])}'. {_FIC_HINT}",
@@ -166,7 +167,7 @@ def verify_assertion(state: IssuerState, client_id: str, assertion: str) -> Fede
     except jwt.PyJWTError:
         raise _malformed() from None
 
-    now = int(time.time())
+    now = int(now)
     exp = _int_claim(claims, "exp", required=True)
     nbf = _int_claim(claims, "nbf", required=False)
     iat = _int_claim(claims, "iat", required=False)

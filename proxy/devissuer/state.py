@@ -7,6 +7,7 @@ which is what makes the counters exact under any number of concurrent requests.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -15,8 +16,9 @@ from typing import Any, Literal, cast
 from proxy.devissuer.satoken import DEFAULT_AUDIENCE, ServiceAccountTokenSource
 from proxy.devissuer.signing import SigningKey
 
-Mode = Literal["normal", "throttle", "fail"]
-MODES: tuple[Mode, ...] = ("normal", "throttle", "fail")
+Mode = Literal["normal", "throttle", "fail", "issuer_unreachable"]
+MODES: tuple[Mode, ...] = ("normal", "throttle", "fail", "issuer_unreachable")
+"""``issuer_unreachable``: Entra cannot fetch the cluster issuer's discovery (AADSTS90061)."""
 DEFAULT_TOKEN_LIFETIME = 3599
 """Entra's usual ``expires_in`` for app-only tokens (one hour minus a second)."""
 
@@ -28,9 +30,19 @@ class FederatedCredential:
     issuer: str
     subject: str
     audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)
+    effective_at: float = 0.0
+    """Unix time from which Entra honours it: a new credential takes time to propagate."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"issuer": self.issuer, "subject": self.subject, "audiences": list(self.audiences)}
+        return {
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "audiences": list(self.audiences),
+            "effective_at": self.effective_at,
+        }
+
+    def effective(self, now: float) -> bool:
+        return now >= self.effective_at
 
     @classmethod
     def from_json(cls, data: object) -> FederatedCredential:
@@ -48,7 +60,15 @@ class FederatedCredential:
             or not all(isinstance(a, str) and a for a in audiences)
         ):
             raise ValueError("'audiences' must be a non-empty list of strings")
-        return cls(issuer=issuer, subject=subject, audiences=tuple(audiences))
+        delay = data.get("effective_after", 0)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            raise ValueError("'effective_after' must be a number of seconds >= 0")
+        return cls(
+            issuer=issuer,
+            subject=subject,
+            audiences=tuple(audiences),
+            effective_at=time.time() + delay if delay else 0.0,
+        )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ Everything else happens on a miss (`fetch`) or in the background:
   margin exceeds the five minutes SDKs keep in reserve, so what we hand out stays usable;
 - failures are remembered by kind: Entra's 4xx briefly, 429 until its Retry-After,
   outages with exponential backoff and jitter, during which a still-valid token is served;
+- federation rejections are propagation-aware: "no matching federated credential" within
+  `propagation_window` of the identity's first exchange is transient (callers are told to
+  retry, Entra is asked once per `propagation_poll` for that identity), and any federation
+  rejection that would be final is retried once after `federation_retry_delay`;
 - bounded: least-recently-used entries are evicted beyond `max_entries`.
 
 The clock and the random source are injected so that tests are deterministic.
@@ -24,7 +28,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -32,6 +36,8 @@ from proxy.tokens.errors import (
     EntraRejected,
     EntraThrottled,
     EntraUnavailable,
+    FederationPending,
+    FederationRejected,
     TokenError,
 )
 from proxy.tokens.model import AccessToken, TokenKey
@@ -61,6 +67,13 @@ class CachePolicy:
     """How long an Entra 4xx for one key is answered from memory."""
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
+    propagation_window: float = 300.0
+    """Seconds after an identity's first exchange during which "no matching federated
+    credential" means "not propagated yet" (503, retried) rather than "wrong" (400)."""
+    propagation_poll: float = 5.0
+    """While propagating, Entra is asked for the identity at most once per this many seconds."""
+    federation_retry_delay: float = 1.0
+    """A federation rejection that would be final is retried once after this delay."""
 
 
 @dataclass(slots=True)
@@ -75,6 +88,33 @@ class CacheStats:
     evictions: int = 0
     stale_served: int = 0
     failures_replayed: int = 0
+    federation_failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    """By (cause, phase): phase `propagating` (answered 503) or `final` (answered 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """The last failure, as `GET /status` and `imds-proxy doctor` show it (no secrets)."""
+
+    at: float
+    kind: str
+    client_id: str
+    scope: str
+    description: str
+    aadsts: str | None = None
+    cause: str | None = None
+    fix: str | None = None
+
+
+class _Identity:
+    """Per (tenant, client id): when it was first tried, and a propagation hold."""
+
+    __slots__ = ("first_tried", "pending", "pending_until")
+
+    def __init__(self, now: float) -> None:
+        self.first_tried = now
+        self.pending: FederationPending | None = None
+        self.pending_until = _NEVER
 
 
 class _Entry:
@@ -110,13 +150,17 @@ class TokenCache:
         *,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._exchange_fn = exchange
         self.policy = policy or CachePolicy()
         self._clock = clock
         self._rand = rand
+        self._sleep = sleep
         self._entries: OrderedDict[TokenKey, _Entry] = OrderedDict()
+        self._identities: OrderedDict[tuple[str, str], _Identity] = OrderedDict()
         self.stats = CacheStats()
+        self.last_failure: FailureRecord | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -154,6 +198,10 @@ class TokenCache:
                 self.stats.failures_replayed += 1
                 remaining = entry.blocked_until - now
                 return self._serve_despite(entry, now, entry.failure.again(remaining))
+            held = self._identity_hold(key, now)
+            if held is not None:
+                self.stats.failures_replayed += 1
+                return self._serve_despite(entry, now, held)
             task = self._start_exchange(key, entry, "request")
         try:
             return await asyncio.shield(task)
@@ -222,17 +270,25 @@ class TokenCache:
         return task
 
     def _refresh_in_background(self, key: TokenKey, entry: _Entry, now: float) -> None:
-        if entry.inflight is None and now >= entry.blocked_until:
+        if (
+            entry.inflight is None
+            and now >= entry.blocked_until
+            and self._identity_hold(key, now) is None
+        ):
             self.stats.refreshes += 1
             self._start_exchange(key, entry, "refresh")
 
     async def _exchange(self, key: TokenKey, entry: _Entry, trigger: str) -> AccessToken:
         self.stats.exchanges += 1
+        identity = self._identity_for(key)
         try:
-            token = await self._exchange_fn(key)
+            token = await self._attempt(key, identity)
         except TokenError as exc:
-            self._remember_failure(key, entry, exc)
-            raise
+            failure = self._judge(identity, exc)
+            self._remember_failure(key, entry, failure)
+            if failure is exc:
+                raise
+            raise failure from None
         except Exception as exc:  # a bug below us must not poison the key forever
             log.exception("token exchange crashed", client_id=key.client_id, scope=key.scope)
             failure = EntraUnavailable(
@@ -242,6 +298,7 @@ class TokenCache:
             raise failure from None
         finally:
             entry.inflight = None
+        identity.pending, identity.pending_until = None, _NEVER
         self._store(entry, token)
         log.info(
             "successfully acquired token",
@@ -252,6 +309,76 @@ class TokenCache:
             trigger=trigger,
         )
         return token
+
+    async def _attempt(self, key: TokenKey, identity: _Identity) -> AccessToken:
+        """One exchange; a federation rejection that would be final gets a second chance
+        (users report a few percent of them in steady state, gone a second later)."""
+        try:
+            return await self._exchange_fn(key)
+        except FederationRejected as exc:
+            if self._propagating(identity, exc):
+                raise
+            log.info(
+                "federation rejected, retrying once",
+                client_id=key.client_id,
+                scope=key.scope,
+                aadsts=exc.aadsts,
+                cause=exc.cause,
+            )
+        await self._sleep(self.policy.federation_retry_delay)
+        self.stats.exchanges += 1
+        return await self._exchange_fn(key)
+
+    def _propagating(self, identity: _Identity, exc: TokenError) -> bool:
+        return (
+            isinstance(exc, FederationRejected)
+            and exc.propagates
+            and self._clock() < identity.first_tried + self.policy.propagation_window
+        )
+
+    def _judge(self, identity: _Identity, exc: TokenError) -> TokenError:
+        """A federation rejection inside the propagation window becomes transient."""
+        if not isinstance(exc, FederationRejected):
+            return exc
+        now = self._clock()
+        if not self._propagating(identity, exc):
+            self._count_federation(exc.cause, "final")
+            return exc
+        self._count_federation(exc.cause, "propagating")
+        poll = self.policy.propagation_poll
+        left = identity.first_tried + self.policy.propagation_window - now
+        pending = FederationPending(
+            "The federated identity credential is not effective yet (Entra ID takes a few "
+            f"minutes to propagate a new one); retry in {math.ceil(poll)} s. Counted as "
+            f"final in {math.ceil(left)} s if it persists: {exc.description}",
+            poll,
+            exc.cause,
+            exc.aadsts,
+            exc.fix,
+        )
+        identity.pending, identity.pending_until = pending, now + poll
+        return pending
+
+    def _count_federation(self, cause: str, phase: str) -> None:
+        counts = self.stats.federation_failures
+        counts[(cause, phase)] = counts.get((cause, phase), 0) + 1
+
+    def _identity_for(self, key: TokenKey) -> _Identity:
+        """The identity's state, created (its window opened) on its first exchange."""
+        name = (key.tenant_id, key.client_id)
+        identity = self._identities.get(name)
+        if identity is None:
+            if len(self._identities) >= self.policy.max_entries:
+                self._identities.popitem(last=False)
+            identity = self._identities[name] = _Identity(self._clock())
+        return identity
+
+    def _identity_hold(self, key: TokenKey, now: float) -> FederationPending | None:
+        """The pending answer while the identity waits for propagation, else None."""
+        identity = self._identities.get((key.tenant_id, key.client_id))
+        if identity is None or identity.pending is None or now >= identity.pending_until:
+            return None
+        return identity.pending.again(identity.pending_until - now)
 
     def _store(self, entry: _Entry, token: AccessToken) -> None:
         policy = self.policy
@@ -272,7 +399,7 @@ class TokenCache:
         entry.failure = exc.again()
         if isinstance(exc, EntraRejected):
             entry.blocked_until = now + self.policy.rejected_ttl
-        elif isinstance(exc, EntraThrottled):
+        elif isinstance(exc, FederationPending | EntraThrottled):
             entry.blocked_until = now + exc.retry_after
         elif isinstance(exc, EntraUnavailable):
             entry.failures += 1
@@ -281,11 +408,26 @@ class TokenCache:
         else:  # local problems (the service-account token file) are re-checked at once
             entry.blocked_until = _NEVER
         serving = entry.token is not None and now < entry.token.expires_on
+        aadsts, cause = getattr(exc, "aadsts", None), getattr(exc, "cause", None)
+        self.last_failure = FailureRecord(
+            now,
+            exc.kind,
+            key.client_id,
+            key.scope,
+            exc.description,
+            aadsts,
+            cause,
+            getattr(exc, "fix", None),
+        )
         log.warning(
-            "token exchange failed",
+            "federated credential is not effective yet"
+            if isinstance(exc, FederationPending)
+            else "token exchange failed",
             failure=exc.kind,
-            aadsts=getattr(exc, "aadsts", None),
+            aadsts=aadsts,
+            cause=cause,
             client_id=key.client_id,
+            tenant_id=key.tenant_id,
             scope=key.scope,
             reason=exc.description,
             retry_in=round(max(entry.blocked_until - now, 0.0), 3),
@@ -302,7 +444,7 @@ class TokenCache:
         """During an outage or throttling a still-valid token beats an error."""
         token = entry.token
         if (
-            isinstance(exc, EntraUnavailable | EntraThrottled)
+            isinstance(exc, EntraUnavailable | EntraThrottled | FederationPending)
             and token is not None
             and now < token.expires_on - min(self.policy.outage_floor, token.lifetime / 10)
         ):

@@ -22,10 +22,12 @@ from msal.exceptions import MsalServiceError
 
 from proxy.assertion import AssertionSource
 from proxy.logs import redact_text
+from proxy.tokens import federation
 from proxy.tokens.errors import (
     EntraRejected,
     EntraThrottled,
     EntraUnavailable,
+    FederationRejected,
     TokenError,
 )
 from proxy.tokens.model import AccessToken, TokenKey
@@ -64,7 +66,14 @@ class EntraExchange:
 
     def exchange_blocking(self, key: TokenKey) -> AccessToken:
         """One round trip to Entra ID (plus discovery the first time for this identity)."""
-        self._assertion.current()  # a missing or expired file fails here, not inside MSAL
+        # A missing or expired file fails here, not inside MSAL.
+        claims = self._assertion.current().claims
+        try:
+            return self._exchange_blocking(key)
+        except EntraRejected as exc:
+            raise _explained(exc, claims, key) from None
+
+    def _exchange_blocking(self, key: TokenKey) -> AccessToken:
         self._http.forget()
         app = self._app_for(key.tenant_id, key.client_id)
         started = self._clock()
@@ -223,6 +232,20 @@ def _failure_from(
     if status is None or status >= 500:
         return EntraUnavailable(description, _retry_after_or_none(retry_after))
     return EntraRejected(error, description, aadsts, status)
+
+
+def _explained(
+    exc: EntraRejected, claims: federation.AssertionClaims, key: TokenKey
+) -> EntraRejected:
+    """A federation rejection explained with its cause and fix; others pass through."""
+    cause = federation.classify(exc.aadsts)
+    if cause is None or exc.aadsts is None:
+        return exc
+    description = federation.explain(cause, exc.aadsts, claims, key.client_id, key.tenant_id)
+    fix = federation.fill(cause.fix, claims, key.client_id, key.tenant_id)
+    return FederationRejected(
+        exc.error, description, exc.aadsts, exc.status, cause.name, fix, cause.propagates
+    )
 
 
 def _retry_after_or_none(value: str | None) -> float | None:

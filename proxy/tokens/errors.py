@@ -47,6 +47,68 @@ class EntraRejected(TokenError):
         return type(self)(self.error, self.description, self.aadsts, self.status)
 
 
+class FederationRejected(EntraRejected):
+    """Entra ID rejected the federated assertion for a known cause (`proxy.tokens.federation`).
+
+    `description` is the explanation with the fix, which `fix` holds alone; `cause` names
+    the class, and `propagates` says whether a new federated credential may simply not be
+    effective yet.
+    """
+
+    kind = "rejected"  # the cause, not the kind, tells federation classes apart
+
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        aadsts: str | None,
+        status: int,
+        cause: str,
+        fix: str,
+        propagates: bool = False,
+    ) -> None:
+        super().__init__(error, description, aadsts, status)
+        self.cause = cause
+        self.fix = fix
+        self.propagates = propagates
+
+    def again(self, retry_after: float | None = None) -> Self:
+        return type(self)(
+            self.error,
+            self.description,
+            self.aadsts,
+            self.status,
+            self.cause,
+            self.fix,
+            self.propagates,
+        )
+
+
+class FederationPending(TokenError):
+    """A "no matching federated credential" rejection inside the propagation window:
+    transient, so callers are told to retry after `retry_after` seconds."""
+
+    kind = "federation_pending"
+
+    def __init__(
+        self, description: str, retry_after: float, cause: str, aadsts: str | None, fix: str
+    ) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+        self.cause = cause
+        self.aadsts = aadsts
+        self.fix = fix
+
+    def again(self, retry_after: float | None = None) -> Self:
+        return type(self)(
+            self.description,
+            self.retry_after if retry_after is None else retry_after,
+            self.cause,
+            self.aadsts,
+            self.fix,
+        )
+
+
 class EntraThrottled(TokenError):
     """Entra ID answered 429: no call for this identity before `retry_after` seconds."""
 
