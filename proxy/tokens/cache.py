@@ -157,9 +157,11 @@ class TokenCache:
             task = self._start_exchange(key, entry, "request")
         try:
             return await asyncio.shield(task)
-        except TokenError as exc:  # shared by every waiter: each raises its own copy
-            failure = exc.again()
-        return self._serve_despite(entry, self._clock(), failure)
+        except TokenError as exc:  # shared by every waiter: each raises its own copy...
+            now = self._clock()
+            wait = entry.blocked_until - now  # ...saying when Entra will be asked again
+            failure = exc.again(wait if wait > 0 else None)
+        return self._serve_despite(entry, now, failure)
 
     async def prefetch(self, keys: Iterable[TokenKey]) -> None:
         """Fill the cache at start so the first app request is a hit; failures are logged."""
