@@ -259,8 +259,9 @@ class TokenCache:
         policy = self.policy
         lifetime = max(token.lifetime, 0.0)
         # Short-lived tokens keep a proportional margin, so they are still served (and not
-        # fetched again on every request) for most of their life.
-        entry.stale_at = token.expires_on - min(policy.serve_margin, lifetime / 4)
+        # fetched again on every request) for most of their life: past the refresh point
+        # (at most 60% of it), and with the full margin from a 30-minute lifetime on.
+        entry.stale_at = token.expires_on - min(policy.serve_margin, lifetime / 3)
         share = policy.refresh_fraction + policy.refresh_jitter * (2 * self._rand() - 1)
         entry.refresh_at = min(token.obtained_at + lifetime * share, entry.stale_at)
         entry.token = token
