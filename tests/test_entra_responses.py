@@ -113,3 +113,14 @@ async def test_a_json_answer_still_gives_a_token(endpoint: Endpoint, tmp_path: P
     )
     token = await exchange_for(endpoint, tmp_path)(KEY)
     assert token.value == "eyJ.a.b" and 3590 < token.expires_on - time.time() <= 3599
+
+
+@pytest.mark.parametrize("token_type", ["bearer", "BEARER", None])
+async def test_the_token_type_is_always_spelled_bearer(
+    endpoint: Endpoint, tmp_path: Path, token_type: str | None
+) -> None:
+    """ms_rest_azure sends `"#{token_type} #{token}"`; IMDS always says `Bearer`."""
+    answer = {"token_type": token_type, "expires_in": 3599, "access_token": "eyJ.a.b"}
+    endpoint.answer.body = json.dumps({k: v for k, v in answer.items() if v is not None})
+    token = await exchange_for(endpoint, tmp_path)(KEY)
+    assert token.token_type == "Bearer"
