@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -23,11 +23,12 @@ import structlog
 from proxy.config import IdentitySpec, is_object_id, is_resource_id
 from proxy.imds import IdentityQuery, ImdsError, Selector, TokenRequest, error_for
 from proxy.imds import identity_not_found as not_found
+from proxy.tokens.cache import Exchange
 from proxy.tokens.errors import EntraRejected, TokenError
 from proxy.tokens.model import AccessToken, TokenKey
 
-Fetch = Callable[[TokenKey], Awaitable[AccessToken]]
-Exchange = Callable[[TokenKey], Awaitable[AccessToken]]
+Fetch = Exchange
+"""A token for a key from the cache (`TokenCache.get`): the same shape as an exchange."""
 
 log = structlog.get_logger("proxy.identities")
 

@@ -175,7 +175,10 @@ def test_empty_prefetch_resource_is_rejected() -> None:
 OTHER = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 THIRD = "3c3c3c3c-4d4d-4e4e-8f8f-a0a0a0a0a0a0"
 OBJECT_ID = "0d0c0b0a-1111-4222-8333-944445555666"
-RESOURCE_ID = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/a"
+RESOURCE_ID = (
+    "/subscriptions/s/resourceGroups/rg/providers/"
+    "Microsoft.ManagedIdentity/userAssignedIdentities/a"
+)
 
 
 def test_identities_from_flags_and_environment() -> None:
