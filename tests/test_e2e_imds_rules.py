@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -106,7 +107,7 @@ def test_unencoded_and_encoded_resources_with_or_without_trailing_slash(
 ) -> None:
     raw = assert_well_formed_token(get(proxy.url(resource)), resource)
     assert claims(raw["access_token"])["aud"] == resource
-    encoded = requests.utils.quote(resource, safe="")
+    encoded = quote(resource, safe="")
     again = assert_well_formed_token(get(proxy.url(encoded)), resource)
     assert again["access_token"] == raw["access_token"], "one token for both spellings"
 
@@ -195,7 +196,7 @@ def test_transient_failures_are_never_400_and_retry_after_is_small(
     token_file = tmp_path / "token"
     token_file.write_text(fake_entra.mint_assertion())
     env = {**fake_entra.env(), "AZURE_FEDERATED_TOKEN_FILE": str(token_file)}
-    troubles = [
+    troubles: list[tuple[dict[str, Any], dict[str, str]]] = [
         ({"mode": "fail", "status": 500}, {}),
         ({"mode": "fail", "status": 503}, {}),
         ({"mode": "throttle", "retry_after": 3600}, {}),

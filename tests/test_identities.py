@@ -19,8 +19,7 @@ DEFAULT = "11111111-2222-3333-4444-555555555555"
 MAPPED = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 RESOURCE = "https://vault.azure.net"
 MIRID = (
-    "/subscriptions/s/resourcegroups/rg/providers/"
-    "Microsoft.ManagedIdentity/userAssignedIdentities/"
+    "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
 )
 
 
