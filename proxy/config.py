@@ -77,6 +77,9 @@ class Settings:
     rejected_ttl: float = 5.0
     prefetch_resources: tuple[str, ...] = field(default_factory=tuple)
     identities: tuple[IdentitySpec, ...] = field(default_factory=tuple)
+    identity_header: str | None = field(default=None, repr=False)
+    """The App Service endpoint's expected secret (env IDENTITY_HEADER); never printed."""
+    identity_header_file: str | None = None
 
 
 _DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
@@ -89,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer IMDS managed-identity token requests with Entra Workload ID tokens.",
         epilog="Environment: AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (required), "
         "AZURE_CLIENT_ID (the default identity), AZURE_AUTHORITY_HOST, REQUESTS_CA_BUNDLE, "
-        f"HTTPS_PROXY/NO_PROXY, {IDENTITIES_ENV} (--identity specs separated by ';'). "
+        "HTTPS_PROXY/NO_PROXY, IDENTITY_HEADER (the App Service endpoint's secret), "
+        f"{IDENTITIES_ENV} (--identity specs separated by ';'). "
         "Subcommand: `imds-proxy dev` runs it against a local issuer.",
     )
     add = parser.add_argument
@@ -165,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         "callers may select it by when its tokens do not tell",
     )
     add(
+        "--identity-header-file",
+        metavar="PATH",
+        help="file holding the secret App Service callers send (default: env IDENTITY_HEADER)",
+    )
+    add(
         "--probe",
         action="store_true",
         help="poll /readyz on --proxy-port (7 tries, 1 s apart) and exit 0 when ready",
@@ -209,6 +218,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     if prefetch and client_id is None:
         raise ConfigError("--prefetch-resource: needs AZURE_CLIENT_ID, the identity to fetch for")
     identities = _identities(args.identity, environ.get(IDENTITIES_ENV, ""))
+    identity_header_file = (args.identity_header_file or "").strip() or None
     ca_bundle = (environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or "").strip()
     return Settings(
         tenant_id=tenant,
@@ -229,6 +239,8 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         rejected_ttl=args.rejected_ttl,
         prefetch_resources=prefetch,
         identities=identities,
+        identity_header=environ.get("IDENTITY_HEADER", "").strip() or None,
+        identity_header_file=identity_header_file,
     )
 
 

@@ -158,6 +158,14 @@ def parse_token_query(
             f"Invalid api-version; identity requests need {_OLDEST_API_VERSION} or later",
             reason="api_version",
         )
+    return parse_wanted_token(query, tenant_id, default_client_id)
+
+
+def parse_wanted_token(
+    query: Mapping[str, str], tenant_id: str, default_client_id: str | None
+) -> TokenRequest | IdentityQuery:
+    """The version-independent part of a token query, in IMDS's order: resource, then
+    identity (IMDS's selector names; other protocols translate theirs first)."""
     resource = query.get("resource", "").strip()
     if not resource:
         raise ImdsError(
@@ -222,6 +230,17 @@ def _selector_in(query: Mapping[str, str]) -> Selector | None:
             reason="identity_unknown",
         )
     return Selector(kind, param, value)
+
+
+def selector_unresolved_here(selector: Selector) -> ImdsError:
+    """For endpoints that select identities by client id only."""
+    return ImdsError(
+        400,
+        "invalid_request",
+        f"Identity not found: {selector.param} is resolved on the IMDS token path only; "
+        "select the identity by client id here",
+        reason="identity_selector",
+    )
 
 
 def identity_not_found(selector: Selector, known: Sequence[str], unchecked: str) -> ImdsError:
