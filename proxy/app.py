@@ -23,10 +23,12 @@ from proxy.appservice import AppServiceEndpoint
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.forward import Forwarder
+from proxy.identities import IdentityDirectory
 from proxy.imds import (
     FORWARDED,
     JSON,
     TOKEN_PATH,
+    IdentityQuery,
     ImdsError,
     TokenAnswer,
     TokenRequest,
@@ -88,6 +90,7 @@ class Proxy:
     assertion: AssertionSource
     forwarder: Forwarder
     request_metrics: RequestMetrics
+    identities: IdentityDirectory
     clock: Callable[[], float] = time.time
     callers: CallerUsage = field(default_factory=CallerUsage)
 
@@ -139,6 +142,7 @@ class ProxyHttp:
         }
         self._tenant_id = proxy.settings.tenant_id
         self._default_client_id = proxy.settings.client_id
+        self._identities = proxy.identities
         self._queries: dict[str, _KnownQuery | ImdsError] = {}
         self._app_service = AppServiceEndpoint.from_settings(proxy.settings, proxy.cache)
 
@@ -190,7 +194,7 @@ class ProxyHttp:
             return _error(refused)
         known = self._queries.get(request.rel_url.raw_query_string)
         if known is None:
-            known = self._remember_query(request)
+            known = await self._remember_query(request)
         if isinstance(known, ImdsError):
             return _error(known)
         found = self._cache.lookup(known.key)
@@ -205,13 +209,19 @@ class ProxyHttp:
         body = known.answer.render(found, self._clock())
         return web.Response(body=body, headers=JSON_HEADERS), known.miss
 
-    def _remember_query(self, request: web.BaseRequest) -> _KnownQuery | ImdsError:
-        """Validate a query once; the same query string always means the same request."""
+    async def _remember_query(self, request: web.BaseRequest) -> _KnownQuery | ImdsError:
+        """Validate a query once; the same query string always means the same request
+        (the traceback of an error would pin this request, so it is dropped)."""
         result: _KnownQuery | ImdsError
         try:
             wanted = parse_token_query(request.query, self._tenant_id, self._default_client_id)
+            if isinstance(wanted, IdentityQuery):
+                try:
+                    wanted = await self._identities.resolve(wanted, self._cache.get)
+                except ImdsError as err:  # not remembered: an identity learned later may match
+                    return err.with_traceback(None)
         except ImdsError as err:
-            result = err.with_traceback(None)  # the traceback would pin this request
+            result = err.with_traceback(None)
         else:
             result = _KnownQuery(wanted)
         if len(self._queries) >= MAX_REMEMBERED_QUERIES:

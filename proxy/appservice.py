@@ -30,7 +30,15 @@ from aiohttp import web
 from proxy.answers import error_answer
 from proxy.config import Settings
 from proxy.identity_header import IdentityHeaderSecret
-from proxy.imds import JSON, ImdsError, TokenRequest, error_for, parse_wanted_token
+from proxy.imds import (
+    JSON,
+    IdentityQuery,
+    ImdsError,
+    TokenRequest,
+    error_for,
+    parse_wanted_token,
+    selector_unresolved_here,
+)
 from proxy.logs import get_logger
 from proxy.paths import APP_SERVICE_PATH
 from proxy.requestlog import json_field
@@ -176,6 +184,8 @@ def parse_query(
     version = version_of(query)
     try:
         wanted = parse_wanted_token(version.imds_query(query), tenant_id, default_client_id)
+        if isinstance(wanted, IdentityQuery):
+            raise selector_unresolved_here(wanted.selector)
     except ImdsError as err:
         raise version.from_imds(err) from None
     return version, wanted

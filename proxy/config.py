@@ -24,6 +24,11 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _TENANT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
+IDENTITIES_ENV = "IMDS_PROXY_IDENTITIES"
+"""Identity mappings from the environment: `--identity` specs separated by `;` or spaces."""
+_RESOURCE_ID_PREFIX = "/subscriptions/"
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names it and says what is wrong."""
 
@@ -31,6 +36,24 @@ class ConfigError(Exception):
 def is_client_id(value: str) -> bool:
     """Entra application (client) ids are GUIDs."""
     return bool(_GUID.match(value))
+
+
+is_object_id = is_client_id
+"""Object ids are GUIDs too."""
+
+
+def is_resource_id(value: str) -> bool:
+    """The shape of an Azure resource id, as far as an identity selector needs it."""
+    return value[: len(_RESOURCE_ID_PREFIX)].lower() == _RESOURCE_ID_PREFIX and value.isprintable()
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySpec:
+    """An identity of the pod by client id, with the ids its tokens may not reveal."""
+
+    client_id: str
+    object_id: str | None = None
+    resource_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +77,7 @@ class Settings:
     rejected_ttl: float = 5.0
     propagation_window: float = 300.0
     prefetch_resources: tuple[str, ...] = field(default_factory=tuple)
+    identities: tuple[IdentitySpec, ...] = field(default_factory=tuple)
     identity_header: str | None = field(default=None, repr=False)
     """The App Service endpoint's expected secret (env IDENTITY_HEADER); never printed."""
     identity_header_file: str | None = None
@@ -69,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer IMDS managed-identity token requests with Entra Workload ID tokens.",
         epilog="Environment: AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (required), "
         "AZURE_CLIENT_ID (the default identity), AZURE_AUTHORITY_HOST, REQUESTS_CA_BUNDLE, "
-        "HTTPS_PROXY/NO_PROXY, IDENTITY_HEADER (the App Service endpoint's secret). "
+        "HTTPS_PROXY/NO_PROXY, IDENTITY_HEADER (the App Service endpoint's secret), "
+        f"{IDENTITIES_ENV} (--identity specs separated by ';'). "
         "Subcommands: `imds-proxy dev` runs it against a local issuer, "
         "`imds-proxy doctor` checks the setup and prints how to fix it.",
     )
@@ -145,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch a token for RESOURCE at start (repeatable)",
     )
     add(
+        "--identity",
+        action="append",
+        default=[],
+        metavar="CLIENT_ID[,object_id=OID][,resource_id=RID]",
+        help="another identity of the pod (repeatable), with the object id or resource id "
+        "callers may select it by when its tokens do not tell",
+    )
+    add(
         "--identity-header-file",
         metavar="PATH",
         help="file holding the secret App Service callers send (default: env IDENTITY_HEADER)",
@@ -194,6 +227,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         raise ConfigError("--prefetch-resource: must not be empty")
     if prefetch and client_id is None:
         raise ConfigError("--prefetch-resource: needs AZURE_CLIENT_ID, the identity to fetch for")
+    identities = _identities(args.identity, environ.get(IDENTITIES_ENV, ""))
     identity_header_file = (args.identity_header_file or "").strip() or None
     ca_bundle = (environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or "").strip()
     return Settings(
@@ -215,6 +249,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         rejected_ttl=args.rejected_ttl,
         propagation_window=args.propagation_window,
         prefetch_resources=prefetch,
+        identities=identities,
         identity_header=environ.get("IDENTITY_HEADER", "").strip() or None,
         identity_header_file=identity_header_file,
     )
@@ -222,6 +257,49 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
 
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     return load(build_parser().parse_args(argv), environ)
+
+
+def _identities(flags: Sequence[str], env_value: str) -> tuple[IdentitySpec, ...]:
+    """`--identity` flags, then the environment's specs; no id may name two identities."""
+    given = [("--identity", spec) for spec in flags]
+    given += [(IDENTITIES_ENV, spec) for spec in env_value.replace(";", " ").split()]
+    specs: list[IdentitySpec] = []
+    owners: dict[str, str] = {}
+    for source, text in given:
+        spec = _identity_spec(source, text)
+        if any(s.client_id.lower() == spec.client_id.lower() for s in specs):
+            raise ConfigError(f"{source}: {spec.client_id} is given twice; give it once")
+        for value in (spec.object_id, spec.resource_id):
+            if value is not None and owners.setdefault(value.lower(), spec.client_id) != (
+                spec.client_id
+            ):
+                raise ConfigError(f"{source}: {value} is given for more than one identity")
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _identity_spec(source: str, text: str) -> IdentitySpec:
+    client_id, *pairs = [part.strip() for part in text.strip().split(",")]
+    if not is_client_id(client_id):
+        raise ConfigError(
+            f"{source}: {client_id!r} must start with a client id (a GUID), "
+            "as in CLIENT_ID,object_id=OID,resource_id=RID"
+        )
+    found: dict[str, str] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        name, value = name.strip(), value.strip()
+        if name not in ("object_id", "resource_id") or not value or name in found:
+            raise ConfigError(
+                f"{source}: {pair!r} is not object_id=GUID or resource_id=/subscriptions/... "
+                "(each at most once)"
+            )
+        if name == "object_id" and not is_object_id(value):
+            raise ConfigError(f"{source}: object_id {value!r} must be a GUID")
+        if name == "resource_id" and not is_resource_id(value):
+            raise ConfigError(f"{source}: resource_id {value!r} must start with /subscriptions/")
+        found[name] = value
+    return IdentitySpec(client_id, found.get("object_id"), found.get("resource_id"))
 
 
 def _log_level(value: str) -> str:

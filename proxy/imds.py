@@ -1,8 +1,10 @@
 """The IMDS token protocol: what a request means and what the answer looks like.
 
 This is the only module that knows IMDS's status codes and bodies. It reads a request
-into a `TokenRequest` or raises `ImdsError`, renders tokens exactly as IMDS does (every
-value a string, `expires_in` counted from now), and maps typed token failures to errors.
+into a `TokenRequest` (or an `IdentityQuery`, when the caller names its identity by object
+id or resource id, for `proxy.identities` to resolve) or raises `ImdsError`, renders tokens
+exactly as IMDS does (every value a string, `expires_in` counted from now), and maps typed
+token failures to errors.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from proxy.config import is_client_id
+from proxy.config import is_client_id, is_object_id, is_resource_id
 from proxy.paths import TOKEN_PATH as TOKEN_PATH  # re-exported: part of the protocol
 from proxy.tokens.errors import (
     CredentialUnavailable,
@@ -30,9 +32,20 @@ _DEFAULT_SUFFIX = "/.default"
 _OLDEST_API_VERSION = "2018-02-01"
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MAX_RESOURCE_LENGTH = 2048
-_UNSUPPORTED_SELECTORS = ("object_id", "msi_res_id", "mi_res_id")
+_SELECTORS = {
+    "object_id": "object_id",
+    "msi_res_id": "resource_id",
+    "mi_res_id": "resource_id",
+    "msi-res-id": "resource_id",
+}
+"""Query parameters that name an identity other than by client id, and what they name."""
 MAX_RETRY_AFTER = 60
-"""azidentity gives up on a larger Retry-After; MSAL Python goes silent for all of it."""
+"""Longest Retry-After sent: azidentity gives up beyond it, MSAL Python goes silent for it."""
+TRANSIENT_RETRY_AFTER = 5
+"""Retry-After on a transient failure when no better time is known."""
+_UNKNOWN_IDENTITY_AADSTS = frozenset(("700016", "70021", "700211", "700212", "700213"))
+"""Entra's ways of saying that this pod has no such identity: the app does not exist, or
+trusts no federated credential matching the pod's service account."""
 
 
 class ImdsError(Exception):
@@ -57,13 +70,41 @@ class ImdsError(Exception):
         self.body = error_body(error, description)  # built once: many errors are constants
         self.headers = {"Content-Type": JSON}
         if retry_after is not None:
-            self.headers["Retry-After"] = str(min(max(1, math.ceil(retry_after)), MAX_RETRY_AFTER))
+            # Whole seconds, capped: the cache keeps honouring a longer wait on its own.
+            seconds = min(max(1, math.ceil(retry_after)), MAX_RETRY_AFTER)
+            self.headers["Retry-After"] = str(seconds)
 
 
 @dataclass(frozen=True, slots=True)
 class TokenRequest:
     resource: str
     key: TokenKey
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """An identity named by its object id or its resource id instead of its client id."""
+
+    kind: str
+    """`object_id` or `resource_id`."""
+    param: str
+    """The query parameter as the caller spelled it (`msi_res_id`, `mi_res_id`...)."""
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityQuery:
+    """A valid token request whose client id is still to be found from `selector`."""
+
+    resource: str
+    tenant_id: str
+    selector: Selector
+
+    def key_for(self, client_id: str) -> TokenKey:
+        return TokenKey(self.tenant_id, client_id, scope_for(self.resource))
+
+    def resolved(self, client_id: str) -> TokenRequest:
+        return TokenRequest(self.resource, self.key_for(client_id))
 
 
 def error_body(error: str, description: str) -> bytes:
@@ -99,9 +140,10 @@ def header_error(headers: Mapping[str, str]) -> ImdsError | None:
 
 def parse_token_query(
     query: Mapping[str, str], tenant_id: str, default_client_id: str | None
-) -> TokenRequest:
+) -> TokenRequest | IdentityQuery:
     """Validate the query in IMDS's order: api-version, resource, identity. The same query
-    string always means the same request, so callers may remember the answer."""
+    string always means the same `TokenRequest` or error, so callers may remember them; an
+    `IdentityQuery` may resolve differently once more identities are known."""
     api_version = query.get("api-version")
     if not api_version:
         raise ImdsError(
@@ -122,7 +164,7 @@ def parse_token_query(
 
 def parse_wanted_token(
     query: Mapping[str, str], tenant_id: str, default_client_id: str | None
-) -> TokenRequest:
+) -> TokenRequest | IdentityQuery:
     """The version-independent part of a token query, in IMDS's order: resource, then
     identity (IMDS's selector names; other protocols translate theirs first)."""
     resource = query.get("resource", "").strip()
@@ -137,17 +179,9 @@ def parse_wanted_token(
         raise ImdsError(
             400, "invalid_resource", "The resource is not a valid URI", reason="resource"
         )
-    for selector in _UNSUPPORTED_SELECTORS:
-        if selector in query:
-            raise ImdsError(
-                400,
-                "invalid_request",
-                f"Identity not found: '{selector}' is not supported; workload "
-                "identity selects an identity by client_id (or AZURE_CLIENT_ID "
-                "from the service account's azure.workload.identity/client-id "
-                "annotation)",
-                reason="identity_selector",
-            )
+    selector = _selector_in(query)
+    if selector is not None:
+        return IdentityQuery(resource, tenant_id, selector)
     client_id = query.get("client_id", "").strip() or default_client_id
     if client_id is None:
         raise ImdsError(
@@ -166,6 +200,66 @@ def parse_wanted_token(
             reason="identity_unknown",
         )
     return TokenRequest(resource=resource, key=TokenKey(tenant_id, client_id, scope_for(resource)))
+
+
+def _selector_in(query: Mapping[str, str]) -> Selector | None:
+    """The one identity the query names other than by client id, if any."""
+    named: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, value) -> as first given
+    for param in ("client_id", *_SELECTORS):
+        if value := query.get(param, "").strip():
+            named.setdefault((_SELECTORS.get(param, param), value.lower()), (param, value))
+    if len(named) > 1:
+        raise ImdsError(
+            400,
+            "invalid_request",
+            "Give only one of client_id, object_id, msi_res_id (mi_res_id): the request "
+            "names " + " and ".join(sorted(param for param, _ in named.values())),
+            reason="identity_ambiguous",
+        )
+    if not named:
+        return None
+    (kind, _), (param, value) = next(iter(named.items()))
+    if kind == "client_id":
+        return None
+    valid = is_object_id(value) if kind == "object_id" else is_resource_id(value)
+    if not valid:
+        shape = "a GUID" if kind == "object_id" else "an Azure resource id (/subscriptions/...)"
+        raise ImdsError(
+            400,
+            "invalid_request",
+            f"Identity not found: {param} must be {shape}",
+            reason="identity_unknown",
+        )
+    return Selector(kind, param, value)
+
+
+def selector_unresolved_here(selector: Selector) -> ImdsError:
+    """For endpoints that select identities by client id only."""
+    return ImdsError(
+        400,
+        "invalid_request",
+        f"Identity not found: {selector.param} is resolved on the IMDS token path only; "
+        "select the identity by client id here",
+        reason="identity_selector",
+    )
+
+
+def identity_not_found(selector: Selector, known: Sequence[str], unchecked: str) -> ImdsError:
+    """No identity of the pod has the selected id; `known` are the client ids whose ids
+    are known, `unchecked` says which could not be asked (empty when none)."""
+    checked = ", ".join(known) if known else "none"
+    return ImdsError(
+        400,
+        "invalid_request",
+        f"Identity not found: no identity of this pod has {selector.param} "
+        f"'{_clip(selector.value)}' (identities checked: {checked}{unchecked}); an id "
+        "its tokens do not carry can be mapped with --identity or IMDS_PROXY_IDENTITIES",
+        reason="identity_unknown",
+    )
+
+
+def _clip(value: str, limit: int = 300) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
 
 
 class TokenAnswer:
@@ -229,7 +323,10 @@ def error_for(exc: TokenError) -> ImdsError:
     if isinstance(exc, EntraRejected):
         error = "invalid_resource" if exc.aadsts == "500011" else "invalid_request"
         reason = f"rejected_aadsts{exc.aadsts}" if exc.aadsts else "rejected"
-        return ImdsError(400, error, exc.description, reason=reason)
+        description = exc.description
+        if exc.aadsts in _UNKNOWN_IDENTITY_AADSTS:
+            description = "Identity not found: " + description  # the phrase SDKs look for
+        return ImdsError(400, error, description, reason=reason)
     if isinstance(exc, EntraThrottled):
         return ImdsError(
             429,
@@ -252,9 +349,17 @@ def error_for(exc: TokenError) -> ImdsError:
             503,
             "temporarily_unavailable",
             exc.description,
-            retry_after=exc.retry_after,
+            retry_after=TRANSIENT_RETRY_AFTER if exc.retry_after is None else exc.retry_after,
             reason="unavailable",
         )
     if isinstance(exc, CredentialUnavailable):
-        return ImdsError(503, "temporarily_unavailable", exc.description, reason="credential")
-    return ImdsError(500, "unknown_error", exc.description, reason="internal")
+        return ImdsError(
+            503,
+            "temporarily_unavailable",
+            exc.description,
+            retry_after=TRANSIENT_RETRY_AFTER,
+            reason="credential",
+        )
+    return ImdsError(
+        500, "unknown_error", exc.description, retry_after=TRANSIENT_RETRY_AFTER, reason="internal"
+    )

@@ -22,6 +22,7 @@ from proxy.app import Proxy, ProxyHttp
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.forward import Forwarder
+from proxy.identities import IdentityDirectory
 from proxy.logs import get_logger
 from proxy.metrics import ExchangeMetrics, ProxyCollector, RequestMetrics, build_registry
 from proxy.requestlog import RequestLog
@@ -53,8 +54,9 @@ class ProxyServer:
             user_agent=USER_AGENT,
         )
         self.exchange_metrics = ExchangeMetrics()
+        self.identities = IdentityDirectory(settings.client_id, settings.identities)
         self.cache = TokenCache(
-            self.exchange_metrics.metered(self.exchange),
+            self.exchange_metrics.metered(self.identities.learning(self.exchange)),
             CachePolicy(
                 max_entries=settings.cache_max_entries,
                 rejected_ttl=settings.rejected_ttl,
@@ -62,7 +64,14 @@ class ProxyServer:
             ),
         )
         self.forwarder = Forwarder(settings.imds_upstream)
-        self.proxy = Proxy(settings, self.cache, self.assertion, self.forwarder, RequestMetrics())
+        self.proxy = Proxy(
+            settings,
+            self.cache,
+            self.assertion,
+            self.forwarder,
+            RequestMetrics(),
+            identities=self.identities,
+        )
         self.registry = build_registry(
             ProxyCollector(
                 self.proxy.request_metrics,

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import requests
 
+from proxy.devissuer.exchange import object_id_of, resource_id_of
 from proxy.devissuer.server import LocalIssuer
 from tests.processes import NotReady, first_line
 
@@ -174,6 +175,14 @@ class FakeEntra:
     @property
     def token_endpoint(self) -> str:
         return f"{self.info.authority_host}{self.info.tenant_id}/oauth2/v2.0/token"
+
+    def object_id(self, client_id: str | None = None) -> str:
+        """The ``oid`` in this issuer's tokens for ``client_id`` (default: the main one)."""
+        return object_id_of(self.info.tenant_id, client_id or self.info.client_id)
+
+    def resource_id(self, client_id: str | None = None) -> str:
+        """The ``xms_mirid`` in this issuer's tokens for ``client_id`` (default: the main one)."""
+        return resource_id_of(self.info.tenant_id, client_id or self.info.client_id)
 
     def env(self) -> dict[str, str]:
         """The proxy's environment: ``AZURE_*`` and ``REQUESTS_CA_BUNDLE``."""

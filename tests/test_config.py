@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import DEFAULT_AUTHORITY_HOST, ConfigError, Settings, parse
+from proxy.config import (
+    DEFAULT_AUTHORITY_HOST,
+    IDENTITIES_ENV,
+    ConfigError,
+    IdentitySpec,
+    Settings,
+    parse,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -40,6 +47,7 @@ def test_defaults() -> None:
     assert settings.log_level == "info"
     assert settings.ca_bundle is None
     assert settings.prefetch_resources == ()
+    assert settings.identities == ()
 
 
 def test_the_webhooks_arguments_and_environment() -> None:
@@ -166,6 +174,57 @@ def test_prefetch_resources_are_collected() -> None:
 def test_empty_prefetch_resource_is_rejected() -> None:
     environ = {**ENV, "AZURE_CLIENT_ID": CLIENT}
     assert config_error(["--prefetch-resource= "], environ).startswith("--prefetch-resource:")
+
+
+OTHER = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+THIRD = "3c3c3c3c-4d4d-4e4e-8f8f-a0a0a0a0a0a0"
+OBJECT_ID = "0d0c0b0a-1111-4222-8333-944445555666"
+RESOURCE_ID = (
+    "/subscriptions/s/resourceGroups/rg/providers/"
+    "Microsoft.ManagedIdentity/userAssignedIdentities/a"
+)
+
+
+def test_identities_from_flags_and_environment() -> None:
+    settings = load(
+        f"--identity={CLIENT},object_id={OBJECT_ID}",
+        f"--identity= {OTHER} , resource_id={RESOURCE_ID}",
+        **{IDENTITIES_ENV: f"  {THIRD};\n{CLIENT[:-1]}0,resource_id=/subscriptions/x "},
+    )
+    assert settings.identities == (
+        IdentitySpec(CLIENT, object_id=OBJECT_ID),
+        IdentitySpec(OTHER, resource_id=RESOURCE_ID),
+        IdentitySpec(THIRD),
+        IdentitySpec(CLIENT[:-1] + "0", resource_id="/subscriptions/x"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ("not-a-guid", "must start with a client id"),
+        (f"{CLIENT},object_id=nope", "must be a GUID"),
+        (f"{CLIENT},resource_id=rg/x", "must start with /subscriptions/"),
+        (f"{CLIENT},tenant={TENANT}", "is not object_id=GUID"),
+        (f"{CLIENT},object_id={OBJECT_ID},object_id={OBJECT_ID}", "each at most once"),
+        (f"{CLIENT},object_id=", "is not object_id=GUID"),
+    ],
+)
+def test_malformed_identity_specs_are_named(spec: str, complaint: str) -> None:
+    message = config_error([f"--identity={spec}"], ENV)
+    assert message.startswith("--identity:") and complaint in message
+    message = config_error([], {**ENV, IDENTITIES_ENV: spec})
+    assert message.startswith(f"{IDENTITIES_ENV}:") and complaint in message
+
+
+def test_an_id_may_name_only_one_identity() -> None:
+    twice = config_error(["--identity", CLIENT], {**ENV, IDENTITIES_ENV: CLIENT.upper()})
+    assert "given twice" in twice
+    shared = config_error(
+        [f"--identity={CLIENT},resource_id={RESOURCE_ID}"],
+        {**ENV, IDENTITIES_ENV: f"{OTHER},resource_id={RESOURCE_ID.lower()}"},
+    )
+    assert "more than one identity" in shared
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,10 @@ import pytest
 import requests
 from cryptography import x509
 
+from proxy.devissuer.exchange import object_id_of, resource_id_of
 from proxy.devissuer.pki import generate_tls_files
 from proxy.devissuer.satoken import mint_service_account_token, write_projected_token
-from proxy.devissuer.server import LocalIssuer
+from proxy.devissuer.server import DEFAULT_CLIENT_ID, DEFAULT_TENANT_ID, LocalIssuer
 from proxy.devissuer.signing import SigningKey
 from tests.fake_entra import (  # noqa: F401
     FakeEntra,
@@ -124,10 +125,24 @@ def test_msal_gets_token_with_entra_claims(fake_entra: FakeEntra) -> None:
     assert claims["appid"] == claims["azp"] == info.client_id
     assert claims["tid"] == info.tenant_id
     assert claims["idtyp"] == "app"
-    assert claims["oid"] and claims["sub"] == claims["oid"]
+    assert claims["oid"] == claims["sub"] == fake_entra.object_id() != info.client_id
+    assert claims["xms_mirid"] == fake_entra.resource_id()
+    assert claims["xms_mirid"].startswith("/subscriptions/")
+    assert "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/" in claims["xms_mirid"]
     assert claims["uti"] and claims["jti"]
     assert claims["iat"] <= time.time() + 1 and claims["nbf"] <= claims["iat"] + 1
     assert claims["exp"] - claims["iat"] == 3599
+
+
+def test_identity_ids_are_fixed_per_client_and_distinct() -> None:
+    tenant, first, second = (
+        DEFAULT_TENANT_ID,
+        DEFAULT_CLIENT_ID,
+        "0b8f3c1e-6a2d-4d7e-9f10-3c4b5a6d7e8f",
+    )
+    assert object_id_of(tenant, first) == object_id_of(tenant, first)
+    assert len({object_id_of(tenant, c) for c in (first, second)} | {first, second}) == 4
+    assert resource_id_of(tenant, first) != resource_id_of(tenant, second)
 
 
 def test_msal_sees_missing_credential_then_propagation(fake_entra: FakeEntra) -> None:

@@ -174,3 +174,14 @@ async def test_an_unknown_code_passes_through_as_entra_wrote_it(
         await exchange_for(endpoint, tmp_path)(KEY)
     assert not isinstance(raised.value, FederationRejected)
     assert raised.value.description.startswith("AADSTS7000215: Invalid client secret.")
+
+
+@pytest.mark.parametrize("token_type", ["bearer", "BEARER", None])
+async def test_the_token_type_is_always_spelled_bearer(
+    endpoint: Endpoint, tmp_path: Path, token_type: str | None
+) -> None:
+    """ms_rest_azure sends `"#{token_type} #{token}"`; IMDS always says `Bearer`."""
+    answer = {"token_type": token_type, "expires_in": 3599, "access_token": "eyJ.a.b"}
+    endpoint.answer.body = json.dumps({k: v for k, v in answer.items() if v is not None})
+    token = await exchange_for(endpoint, tmp_path)(KEY)
+    assert token.token_type == "Bearer"

@@ -186,7 +186,7 @@ async def test_after_the_window_it_is_retried_once_then_400_explained(
         assert part in text
     (line,) = log.named("token exchange failed")
     assert line["cause"] == "no_matching_credential"
-    assert line["reason"] == text
+    assert text == "Identity not found: " + line["reason"]  # the phrase SDKs look for
     assert cache.stats.federation_failures[("no_matching_credential", "final")] == 1
 
 

@@ -10,7 +10,9 @@ from multidict import CIMultiDict
 
 from proxy import imds
 from proxy.imds import (
+    IdentityQuery,
     ImdsError,
+    Selector,
     TokenAnswer,
     TokenRequest,
     error_for,
@@ -49,16 +51,26 @@ def query(**extra: str) -> dict[str, str]:
     return result
 
 
-def parse(
+def parse_any(
     hdrs: Mapping[str, str] | None = None,
     qs: Mapping[str, str] | None = None,
     default_client_id: str | None = DEFAULT_CLIENT,
-) -> TokenRequest:
+) -> TokenRequest | IdentityQuery:
     """What the proxy does per request: the headers first, then the query."""
     refused = header_error(headers() if hdrs is None else hdrs)
     if refused is not None:
         raise refused
     return parse_token_query(query() if qs is None else qs, TENANT, default_client_id)
+
+
+def parse(
+    hdrs: Mapping[str, str] | None = None,
+    qs: Mapping[str, str] | None = None,
+    default_client_id: str | None = DEFAULT_CLIENT,
+) -> TokenRequest:
+    request = parse_any(hdrs, qs, default_client_id)
+    assert isinstance(request, TokenRequest)
+    return request
 
 
 def rejects(
@@ -67,7 +79,7 @@ def rejects(
     default_client_id: str | None = DEFAULT_CLIENT,
 ) -> ImdsError:
     with pytest.raises(ImdsError) as raised:
-        parse(hdrs, qs, default_client_id)
+        parse_any(hdrs, qs, default_client_id)
     return raised.value
 
 
@@ -186,15 +198,50 @@ def test_a_long_but_reasonable_resource_is_accepted() -> None:
     assert parse(qs=query(resource=resource)).resource == resource
 
 
-@pytest.mark.parametrize("selector", ["object_id", "msi_res_id", "mi_res_id"])
-def test_other_identity_selectors_are_400_pointing_at_client_id(selector: str) -> None:
-    qs = query()
-    qs[selector] = "/subscriptions/0/resourceGroups/rg/providers/x/userAssignedIdentities/id"
-    error = rejects(qs=qs)
-    assert error.status == 400
-    assert body_of(error)["error"] == "invalid_request"
-    assert "client_id" in error.description
-    assert selector in error.description
+RESOURCE_ID = "/subscriptions/0/resourceGroups/rg/providers/x/userAssignedIdentities/id"
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "kind"),
+    [
+        ("object_id", OTHER_CLIENT, "object_id"),
+        ("msi_res_id", RESOURCE_ID, "resource_id"),
+        ("mi_res_id", RESOURCE_ID, "resource_id"),
+        ("msi-res-id", RESOURCE_ID, "resource_id"),
+    ],
+)
+def test_other_identity_selectors_leave_the_identity_to_resolve(
+    param: str, value: str, kind: str
+) -> None:
+    request = parse_any(qs=query(**{param: value}))
+    assert isinstance(request, IdentityQuery)
+    assert request.selector == Selector(kind, param, value)
+    assert request.resolved(OTHER_CLIENT) == TokenRequest(
+        VAULT, TokenKey(TENANT, OTHER_CLIENT, VAULT + "/.default")
+    )
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("object_id", "not-a-guid"), ("msi_res_id", "id-name"), ("mi_res_id", "/resourceGroups/x")],
+)
+def test_malformed_selectors_are_identity_not_found(param: str, value: str) -> None:
+    error = rejects(qs=query(**{param: value}))
+    assert (error.status, body_of(error)["error"]) == (400, "invalid_request")
+    assert error.description.startswith("Identity not found") and param in error.description
+
+
+def test_two_identity_parameters_are_400_unless_they_say_the_same() -> None:
+    error = rejects(qs=query(client_id=OTHER_CLIENT, object_id=DEFAULT_CLIENT))
+    assert (error.status, body_of(error)["error"]) == (400, "invalid_request")
+    assert "client_id and object_id" in error.description
+    assert "Identity not found" not in error.description
+    same = parse_any(qs=query(msi_res_id=RESOURCE_ID, mi_res_id=RESOURCE_ID.upper()))
+    assert isinstance(same, IdentityQuery) and same.selector.param == "msi_res_id"
+
+
+def test_empty_selectors_are_ignored() -> None:
+    assert parse(qs=query(object_id="", msi_res_id=" ")).key.client_id == DEFAULT_CLIENT
 
 
 def test_no_client_id_and_no_default_is_identity_not_found() -> None:
@@ -320,7 +367,7 @@ def test_resource_with_quotes_backslashes_and_unicode_is_json_escaped() -> None:
 
 @pytest.mark.parametrize(
     ("aadsts", "code"),
-    [("700213", "invalid_request"), ("500011", "invalid_resource"), (None, "invalid_request")],
+    [("7000215", "invalid_request"), ("500011", "invalid_resource"), (None, "invalid_request")],
 )
 def test_rejection_is_400_with_the_aadsts_text(aadsts: str | None, code: str) -> None:
     description = f"AADSTS{aadsts}: something is wrong" if aadsts else "bad request"
@@ -355,16 +402,38 @@ def test_unavailable_is_503_with_retry_after_when_known(retry_after: float, head
     assert error.headers["Retry-After"] == header
 
 
-def test_unavailable_without_retry_after_is_503_without_the_header() -> None:
+def test_unavailable_without_retry_after_is_503_with_a_small_one() -> None:
     error = error_for(EntraUnavailable("Entra ID timed out"))
     assert error.status == 503
-    assert "Retry-After" not in error.headers
+    assert error.headers["Retry-After"] == str(imds.TRANSIENT_RETRY_AFTER)
+
+
+@pytest.mark.parametrize("error_type", [EntraThrottled, EntraUnavailable])
+@pytest.mark.parametrize(("retry_after", "header"), [(61.0, "60"), (3600.0, "60"), (59.5, "60")])
+def test_retry_after_on_the_wire_is_at_most_60(
+    error_type: type[EntraThrottled | EntraUnavailable], retry_after: float, header: str
+) -> None:
+    assert error_for(error_type("slow", retry_after=retry_after)).headers["Retry-After"] == header
+
+
+@pytest.mark.parametrize("aadsts", ["700016", "70021", "700211", "700212", "700213"])
+def test_entra_saying_no_such_identity_is_identity_not_found(aadsts: str) -> None:
+    description = f"AADSTS{aadsts}: no such application or federated credential"
+    error = error_for(EntraRejected("invalid_client", description, aadsts, 400))
+    assert error.status == 400
+    assert error.description == "Identity not found: " + description
+
+
+def test_other_rejections_do_not_claim_identity_not_found() -> None:
+    error = error_for(EntraRejected("invalid_resource", "AADSTS500011: no resource", "500011", 400))
+    assert "Identity not found" not in error.description
 
 
 def test_credential_unavailable_is_a_retryable_5xx() -> None:
     description = "service-account token file /var/run/t does not exist"
     error = error_for(CredentialUnavailable(description))
     assert 500 <= error.status < 600
+    assert 1 <= int(error.headers["Retry-After"]) <= 60
     assert body_of(error)["error_description"] == description
 
 

@@ -256,13 +256,29 @@ def exchange(state: IssuerState, tenant: str, form: Mapping[str, str]) -> dict[s
     return issue_access_token(state, client_id, resource)
 
 
+def object_id_of(tenant_id: str, client_id: str) -> str:
+    """The object id of a client's service principal: fixed per client, not its client id."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tenant_id}/{client_id}"))
+
+
+def resource_id_of(tenant_id: str, client_id: str) -> str:
+    """The ARM id of the user-assigned managed identity behind a client, as Entra writes it
+    in ``xms_mirid`` (``resourcegroups`` in lower case; ARM callers send ``resourceGroups``)."""
+    subscription = uuid.uuid5(uuid.NAMESPACE_URL, f"{tenant_id}/subscription")
+    return (
+        f"/subscriptions/{subscription}/resourcegroups/workload-identities/providers/"
+        f"Microsoft.ManagedIdentity/userAssignedIdentities/id-{client_id[:8]}"
+    )
+
+
 def issue_access_token(state: IssuerState, client_id: str, resource: str) -> dict[str, Any]:
-    """An app-only v1 access token as Entra shapes it; ``uti``/``jti`` make each unique."""
+    """An app-only v1 access token as Entra shapes it for a user-assigned managed identity
+    with a federated credential; ``uti``/``jti`` make each unique."""
     now = int(time.time())
     lifetime = state.behaviour.token_lifetime
     tid = state.tenant_id
     iss = f"https://sts.windows.net/{tid}/"
-    oid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tid}/{client_id}"))
+    oid = object_id_of(tid, client_id)
     claims = {
         "aud": resource,
         "iss": iss,
@@ -282,6 +298,7 @@ def issue_access_token(state: IssuerState, client_id: str, resource: str) -> dic
         "uti": _uti(),
         "jti": str(uuid.uuid4()),
         "ver": "1.0",
+        "xms_mirid": resource_id_of(tid, client_id),
     }
     return {
         "token_type": "Bearer",

@@ -205,9 +205,11 @@ class TokenCache:
             task = self._start_exchange(key, entry, "request")
         try:
             return await asyncio.shield(task)
-        except TokenError as exc:  # shared by every waiter: each raises its own copy
-            failure = exc.again()
-        return self._serve_despite(entry, self._clock(), failure)
+        except TokenError as exc:  # shared by every waiter: each raises its own copy...
+            now = self._clock()
+            wait = entry.blocked_until - now  # ...saying when Entra will be asked again
+            failure = exc.again(wait if wait > 0 else None)
+        return self._serve_despite(entry, now, failure)
 
     async def prefetch(self, keys: Iterable[TokenKey]) -> None:
         """Fill the cache at start so the first app request is a hit; failures are logged."""
@@ -384,8 +386,9 @@ class TokenCache:
         policy = self.policy
         lifetime = max(token.lifetime, 0.0)
         # Short-lived tokens keep a proportional margin, so they are still served (and not
-        # fetched again on every request) for most of their life.
-        entry.stale_at = token.expires_on - min(policy.serve_margin, lifetime / 4)
+        # fetched again on every request) for most of their life: past the refresh point
+        # (at most 60% of it), and with the full margin from a 30-minute lifetime on.
+        entry.stale_at = token.expires_on - min(policy.serve_margin, lifetime / 3)
         share = policy.refresh_fraction + policy.refresh_jitter * (2 * self._rand() - 1)
         entry.refresh_at = min(token.obtained_at + lifetime * share, entry.stale_at)
         entry.token = token

@@ -211,12 +211,18 @@ def _token_from(result: dict[str, Any], started: float) -> AccessToken:
     ext_expires_in = float(result.get("ext_expires_in", expires_in) or expires_in)
     return AccessToken(
         value=result["access_token"],
-        token_type=str(result.get("token_type", "Bearer")),
+        token_type=_token_type(result.get("token_type")),
         expires_on=started + expires_in,
         ext_expires_on=started + max(ext_expires_in, expires_in),
         not_before=started,
         obtained_at=started,
     )
+
+
+def _token_type(value: object) -> str:
+    """`Bearer` as IMDS spells it, whatever case Entra used (callers prefix it verbatim)."""
+    text = str(value or "Bearer")
+    return "Bearer" if text.lower() == "bearer" else text
 
 
 def _failure_from(
