@@ -19,6 +19,7 @@ from aiohttp import web
 
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
+from proxy.counters import RequestMetrics
 from proxy.forward import Forwarder
 from proxy.imds import (
     JSON,
@@ -31,7 +32,6 @@ from proxy.imds import (
     parse_token_query,
     scope_for,
 )
-from proxy.metrics import RequestMetrics
 from proxy.requestlog import RequestLog, json_field, json_fields
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import CredentialUnavailable, TokenError
@@ -111,9 +111,11 @@ class ProxyHttp:
         self._tenant_id = proxy.settings.tenant_id
         self._default_client_id = proxy.settings.client_id
         self._queries: dict[str, _KnownQuery | ImdsError] = {}
+        self.last_arrival = 0.0
+        """`time.perf_counter()` of the latest request: a draining server waits for quiet."""
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
+        started = self.last_arrival = time.perf_counter()
         path = request.path
         if path in _TOKEN_PATHS:
             route, event = "token", "received token request"
