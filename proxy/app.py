@@ -39,7 +39,8 @@ from proxy.tokens.model import TokenKey
 
 _TOKEN_PATHS = frozenset((TOKEN_PATH, TOKEN_PATH + "/"))
 JSON_HEADERS = {"Content-Type": JSON}
-MAX_REMEMBERED_QUERIES = 4096
+MAX_REMEMBERED_QUERIES = 256
+"""An app asks with a handful of query strings; a flood of distinct ones costs at most this."""
 _METHOD_NOT_ALLOWED = ImdsError(
     405, "invalid_request", "Only GET is supported on this path", reason="method"
 )

@@ -18,6 +18,8 @@ from proxy import __version__
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
+DEFAULT_METRICS_PORT = 14637
+"""Off the ports apps use (8080, 9090, 9100...); why this one: README, "Ports"."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -44,8 +46,7 @@ class Settings:
     port: int = 8000
     imds_upstream: str = DEFAULT_IMDS_UPSTREAM
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = 14637
-    """Off the ports apps use (8080, 9090, 9100...): see DEFAULT_METRICS_PORT in README."""
+    metrics_port: int = DEFAULT_METRICS_PORT
     log_level: str = "info"
     log_format: str = "json"
     shutdown_grace: float = 25.0

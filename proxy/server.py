@@ -19,6 +19,7 @@ import contextlib
 import platform
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 log = get_logger("proxy.server")
 SA_RETRY_INTERVAL = 30.0
 """While the service-account token is unreadable: how often to look again (and warn)."""
+WORKER_THREADS = 4
+"""Threads for blocking work (MSAL calls, token-file reads). asyncio's default grows with
+the node's cores, not the pod's share; each thread keeps its stack and malloc arena."""
 SA_EXPIRY_WARNING = 600.0
 """kubelet rotates at 80% of the token's life (12 minutes before a 1-hour token expires)."""
 
@@ -240,6 +244,9 @@ class ProxyServer:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, drain, then stop gracefully (see the module's text)."""
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="imds-proxy")
+    )
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
