@@ -1,7 +1,8 @@
 """HTTP: dispatch by path, answer, then count and log each request once.
 
-The proxy serves five kinds of path, so it dispatches with a few string comparisons on
-aiohttp's low-level server instead of the router and application machinery. A cached
+The proxy serves a handful of routes, so it dispatches on `proxy.paths`' reading of the
+path on aiohttp's low-level server instead of the router and application machinery; IMDS's
+own spelling of the token path is one set lookup before anything else. A cached
 token costs: two header lookups, one dictionary lookup for the (remembered) meaning of
 the query, one for the token, two integers formatted into prebuilt bytes, and one
 pre-escaped log line. Handlers never raise: errors are IMDS-shaped answers.
@@ -22,6 +23,7 @@ from proxy.config import Settings
 from proxy.counters import RequestMetrics
 from proxy.forward import Forwarder
 from proxy.imds import (
+    FORWARDED,
     JSON,
     TOKEN_PATH,
     ImdsError,
@@ -32,19 +34,32 @@ from proxy.imds import (
     parse_token_query,
     scope_for,
 )
+from proxy.paths import Route, route_for
 from proxy.requestlog import RequestLog, json_field, json_fields
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import CredentialUnavailable, TokenError
 from proxy.tokens.model import TokenKey
 
 _TOKEN_PATHS = frozenset((TOKEN_PATH, TOKEN_PATH + "/"))
+_TOKEN_ROUTE = Route("token")
 JSON_HEADERS = {"Content-Type": JSON}
 MAX_REMEMBERED_QUERIES = 256
 """An app asks with a handful of query strings; a flood of distinct ones costs at most this."""
 _METHOD_NOT_ALLOWED = ImdsError(
     405, "invalid_request", "Only GET is supported on this path", reason="method"
 )
-_NOT_FOUND = ImdsError(404, "not_found", "No such endpoint", reason="path")
+_REFUSED = {
+    "identity": ImdsError(
+        404,
+        "not_found",
+        "No such identity endpoint: this proxy serves /metadata/identity/oauth2/token only",
+        reason="identity_path",
+    ),
+    "other": ImdsError(404, "not_found", "No such endpoint", reason="path"),
+    "invalid": ImdsError(
+        400, "invalid_request", "The request path cannot be read unambiguously", reason="path"
+    ),
+}
 
 
 class _KnownQuery:
@@ -107,7 +122,7 @@ class ProxyHttp:
         metrics = proxy.request_metrics
         self._routes = {
             name: metrics.route(name)
-            for name in ("token", "readyz", "healthz", "metadata", "other")
+            for name in ("token", "readyz", "healthz", "metadata", "identity", "invalid", "other")
         }
         self._tenant_id = proxy.settings.tenant_id
         self._default_client_id = proxy.settings.client_id
@@ -117,25 +132,34 @@ class ProxyHttp:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self.last_arrival = time.perf_counter()
-        path = request.path
-        if path in _TOKEN_PATHS:
-            route, event = "token", "received token request"
+        target = request.raw_path
+        path = target.partition("?")[0]
+        # IMDS's own spelling of the token path is matched as it stands; any other spelling
+        # is read canonically first (`proxy.paths`), so that no form of an identity path
+        # is ever forwarded to the node's IMDS.
+        route = _TOKEN_ROUTE if path in _TOKEN_PATHS else route_for(target)
+        name = route.name
+        if name == "token":
+            event = "received token request"
             response, extra = await self._token(request)
-        elif path == "/readyz":
-            route, event = "readyz", "received readyz request"
+        elif name == "metadata":
+            event = "forwarded metadata request"
+            if "X-Forwarded-For" in request.headers:
+                response, extra = _error(FORWARDED)
+            else:
+                response, extra = await self._proxy.forwarder(request, route.forward_path), ""
+        elif name == "readyz":
+            event = "received readyz request"
             response, extra = await self._readyz(request)
-        elif path == "/healthz":
-            route, event = "healthz", "received healthz request"
+        elif name == "healthz":
+            event = "received healthz request"
             response, extra = web.Response(text="ok"), ""
-        elif path.startswith("/metadata/"):
-            route, event = "metadata", "forwarded metadata request"
-            response, extra = await self._proxy.forwarder(request), ""
         else:
-            route, event = "other", "received unknown request"
-            response, extra = _error(_NOT_FOUND)
+            event = "received unknown request"
+            response, extra = _error(_REFUSED[name])
         elapsed = time.perf_counter() - started
         status = response.status
-        self._routes[route].observe(status, elapsed)
+        self._routes[name].observe(status, elapsed)
         if self._log.enabled:
             request_id = request.headers.get("x-ms-client-request-id")
             self._log.write(event, request.method, path, status, elapsed, request_id, extra)

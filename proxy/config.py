@@ -44,7 +44,8 @@ class Settings:
     ca_bundle: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    imds_upstream: str = DEFAULT_IMDS_UPSTREAM
+    imds_upstream: str | None = DEFAULT_IMDS_UPSTREAM
+    """Where allowlisted, non-identity metadata requests go; None: not forwarded."""
     metrics_host: str = "0.0.0.0"
     metrics_port: int = DEFAULT_METRICS_PORT
     log_level: str = "info"
@@ -88,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--imds-upstream",
         default=_DEFAULT["imds_upstream"],
-        help="where other /metadata/* requests go (default %(default)s)",
+        help="where non-identity metadata requests (/metadata/instance, attested, "
+        "loadbalancer, scheduledevents, versions) go; 'none' answers them with 404 "
+        "(default %(default)s)",
     )
     add(
         "--metrics-port",
@@ -162,9 +165,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         raise ConfigError(
             "AZURE_AUTHORITY_HOST: must be an https URL such as https://login.microsoftonline.com/"
         )
-    upstream = urlsplit(args.imds_upstream)
-    if upstream.scheme not in ("http", "https") or not upstream.hostname:
-        raise ConfigError("--imds-upstream: must be an http URL such as http://169.254.169.254")
+    imds_upstream = _imds_upstream(args.imds_upstream)
     if args.log_level not in LOG_LEVELS:
         raise ConfigError(f"--log-level: must be one of {', '.join(LOG_LEVELS)}")
     _port("--proxy-port", args.proxy_port)
@@ -194,7 +195,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         ca_bundle=ca_bundle or None,
         host=args.host,
         port=args.proxy_port,
-        imds_upstream=args.imds_upstream.rstrip("/"),
+        imds_upstream=imds_upstream,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         log_level=args.log_level,
@@ -216,6 +217,17 @@ def _log_level(value: str) -> str:
     """Upstream's Go flag says `warn`; Python's logging says `warning`. Both mean one level."""
     value = value.strip().lower()
     return "warning" if value == "warn" else value
+
+
+def _imds_upstream(value: str) -> str | None:
+    if value.strip().lower() in ("none", "off", ""):
+        return None
+    upstream = urlsplit(value)
+    if upstream.scheme not in ("http", "https") or not upstream.hostname:
+        raise ConfigError(
+            "--imds-upstream: must be an http URL such as http://169.254.169.254, or none"
+        )
+    return value.rstrip("/")
 
 
 def _required(environ: Mapping[str, str], name: str) -> str:

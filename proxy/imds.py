@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from proxy.config import is_client_id
+from proxy.paths import TOKEN_PATH as TOKEN_PATH  # re-exported: part of the protocol
 from proxy.tokens.errors import (
     CredentialUnavailable,
     EntraRejected,
@@ -23,7 +24,6 @@ from proxy.tokens.errors import (
 )
 from proxy.tokens.model import AccessToken, TokenKey
 
-TOKEN_PATH = "/metadata/identity/oauth2/token"
 JSON = "application/json; charset=utf-8"
 _DEFAULT_SUFFIX = "/.default"
 _OLDEST_API_VERSION = "2018-02-01"

@@ -199,6 +199,11 @@ def test_imds_upstream_is_normalised_and_validated() -> None:
     assert message.startswith("--imds-upstream:")
 
 
+@pytest.mark.parametrize("off", ["none", "None", "off"])
+def test_imds_upstream_none_turns_forwarding_off(off: str) -> None:
+    assert load(f"--imds-upstream={off}").imds_upstream is None
+
+
 def test_settings_are_frozen() -> None:
     settings = load()
     with pytest.raises(AttributeError):

@@ -247,6 +247,13 @@ def test_images_match_the_manifests() -> None:
     assert 'ENTRYPOINT ["/proxy"]' in proxy
     init = _dockerfile_final_stage("Dockerfile.init")
     assert 'ENTRYPOINT ["imds-proxy-init"]' in init
+    # No shell, no package manager: only what deploy/image/rootfs.py assembled.
+    for stage in (proxy, init):
+        assert stage[0] == "FROM scratch"
+        assert [ln for ln in stage if ln.upper().startswith("COPY ")] == [
+            "COPY --from=builder /rootfs /"
+        ]
+        assert not [ln for ln in stage if ln.upper().startswith("RUN ")]
     # Both can be built from a locally made base (deploy/image-test.sh does).
     for name in ("Dockerfile.proxy", "Dockerfile.init"):
         assert re.search(r"^ARG BASE_IMAGE=\S+$", (ROOT / name).read_text(), re.MULTILINE)

@@ -26,6 +26,7 @@ import pytest
 
 from init import cli
 from tests.fake_entra import FakeEntra
+from tests.identity_paths import QUERY, REFUSED_SPELLINGS, TOKEN_SPELLINGS, judged_by_proxy
 from tests.jwt_claims import claims
 from tests.netns import (
     BACKENDS,
@@ -168,3 +169,48 @@ def test_other_metadata_is_forwarded_to_the_real_imds(pod: Pod) -> None:
     assert body["served_by"] == "imds"
     assert body["port"] == 80
     assert body["compute"] == {"name": "fake-imds-vm", "location": "netnsland"}
+
+
+# Send each raw request target (argv[1], JSON list) to the metadata address with a socket, so
+# nothing normalises it; print [status, content type, body] for each.
+_RAW_CLIENT = r"""
+import json, socket, sys
+results = []
+for target in json.loads(sys.argv[1]):
+    with socket.create_connection((sys.argv[2], 80), timeout=15) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {sys.argv[2]}\r\nMetadata: true\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    ctypes = [l.split(":", 1)[1].strip() for l in lines if l.lower().startswith("content-type:")]
+    ctype = ctypes[0] if ctypes else ""
+    results.append([int(lines[0].split(" ", 2)[1]), ctype, body.decode("latin-1")])
+print(json.dumps(results))
+"""
+
+
+def test_no_spelling_of_an_identity_path_reaches_the_node_imds(pod: Pod) -> None:
+    """Through the init program's real redirect, with the proxy as uid 1501: every spelling
+    is answered by the proxy, none by the node's IMDS next door."""
+    targets = [t + QUERY for t in TOKEN_SPELLINGS + REFUSED_SPELLINGS]
+    before = len(forwarded(pod))
+    done = pod.net.pod.run(
+        [sys.executable, "-c", _RAW_CLIENT, json.dumps(targets), METADATA_IP],
+        user=APP_UID,
+        env=APP_ENV,
+        timeout=120,
+    )
+    results = json.loads(done.stdout)
+    wrong = []
+    for target, (status, ctype, body) in zip(targets, results, strict=True):
+        answer = judged_by_proxy(status, {"content-type": ctype}, body.encode())
+        assert "served_by" not in answer, (target, answer)
+        means_token = target[: -len(QUERY)] in TOKEN_SPELLINGS
+        if (status == 200) != means_token:
+            wrong.append((target, status, answer.get("error")))
+    assert wrong == []
+    time.sleep(0.5)  # request lines reach the log within a fraction of a second
+    assert len(forwarded(pod)) == before

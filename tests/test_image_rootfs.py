@@ -1,0 +1,92 @@
+"""The images' trimmed standard library (deploy/image/rootfs.py) against real runs.
+
+The images leave parts of the standard library out. Every module a real run of the proxy or
+of the init program imports, traced with ``-X importtime`` (lazy imports included), must stay.
+deploy/image-test.sh then checks the built images themselves (deploy/image/check_image.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import requests
+
+from tests.fake_entra import FakeEntra
+from tests.netns import init_env, iptables_available, pod_network, requires_root, run_init
+from tests.proxy_process import running_proxy
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACE = {"PYTHONPROFILEIMPORTTIME": "1"}
+
+
+def _load(name: str) -> ModuleType:
+    """A script of deploy/image/ (not a package: it runs inside a Docker build) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy/image" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rootfs = _load("rootfs")
+
+
+def imported(trace: str) -> set[str]:
+    """Module names from ``-X importtime`` lines (``import time: self | cumulative | name``)."""
+    names = set()
+    for line in trace.splitlines():
+        if line.startswith("import time:") and "imported package" not in line:
+            names.add(line.rsplit("|", 1)[-1].strip())
+    return names
+
+
+def test_omissions_are_whole_stdlib_parts() -> None:
+    assert rootfs.omitted("test/test_os.py")
+    assert rootfs.omitted("lib2to3")
+    assert rootfs.omitted("lib-dynload/_curses.cpython-311-x86_64-linux-gnu.so")
+    assert rootfs.omitted("config-3.11-x86_64-linux-gnu/Makefile")
+    for kept in ("asyncio/base_events.py", "encodings/idna.py", "email", "ssl.py"):
+        assert not rootfs.omitted(kept), kept
+    # A name that merely starts like an omitted one stays.
+    assert not rootfs.omitted("testing.py")
+    assert rootfs.omitted_modules(["tkinter.ttk", "json", "curses", "readline"]) == [
+        "curses",
+        "readline",
+        "tkinter.ttk",
+    ]
+
+
+def test_a_proxy_run_imports_nothing_the_images_omit(fake_entra: FakeEntra, tmp_path: Path) -> None:
+    """Start, token (MSAL and TLS to the fake Entra ID), metrics, shutdown: all traced."""
+    with running_proxy({**fake_entra.env(), **TRACE}, tmp_path) as proxy:
+        answer = requests.get(
+            proxy.url("https://management.azure.com/"), headers={"Metadata": "true"}, timeout=15
+        )
+        assert answer.status_code == 200, answer.text
+        assert "# HELP" in proxy.metrics()
+    names = imported(proxy.log_text())
+    assert {"aiohttp", "msal", "ssl", "proxy.app"} <= names  # the trace is really there
+    assert rootfs.omitted_modules(names) == []
+
+
+@requires_root
+def test_an_init_run_imports_nothing_the_images_omit() -> None:
+    """The init program applying its rules for real, in a pod namespace the test creates."""
+    backend = "nft" if iptables_available("nft") else "legacy"
+    with pod_network() as net:
+        done = run_init(net.pod, env=init_env(backend, **TRACE))
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = imported(done.stderr)
+    assert {"init.cli", "pyroute2", "subprocess"} <= names
+    assert rootfs.omitted_modules(names) == []
+
+
+def test_the_check_script_runs_with_the_full_stdlib() -> None:
+    """check_image.py finds the dependencies' modules (the project itself is an editable
+    install here, so its own files are not in its distribution's record)."""
+    modules, tops = _load("check_image").installed_modules()
+    assert {"aiohttp.web", "msal", "pyroute2", "cryptography.x509"} <= set(modules)
+    assert {"aiohttp", "cryptography", "structlog"} <= tops
+    assert not any(name.endswith("__main__") for name in modules)
