@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -39,6 +39,7 @@ from proxy.requestlog import RequestLog, json_field, json_fields
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import CredentialUnavailable, TokenError
 from proxy.tokens.model import TokenKey
+from proxy.usage import CallerUsage
 
 _TOKEN_PATHS = frozenset((TOKEN_PATH, TOKEN_PATH + "/"))
 _TOKEN_ROUTE = Route("token")
@@ -87,6 +88,7 @@ class Proxy:
     forwarder: Forwarder
     request_metrics: RequestMetrics
     clock: Callable[[], float] = time.time
+    callers: CallerUsage = field(default_factory=CallerUsage)
 
     @property
     def prefetch_keys(self) -> list[TokenKey]:
@@ -117,6 +119,7 @@ class ProxyHttp:
     def __init__(self, proxy: Proxy, request_log: RequestLog) -> None:
         self._proxy = proxy
         self._cache = proxy.cache
+        self._callers = proxy.callers
         self._clock = proxy.clock
         self._log = request_log
         metrics = proxy.request_metrics
@@ -142,6 +145,7 @@ class ProxyHttp:
         if name == "token":
             event = "received token request"
             response, extra = await self._token(request)
+            extra += self._callers.observe(request.headers)
         elif name == "metadata":
             event = "forwarded metadata request"
             if "X-Forwarded-For" in request.headers:

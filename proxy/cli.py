@@ -26,6 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.devmode import run_dev
 
         return int(run_dev(args[1:]))
+    if args[:1] == ["report"]:
+        from proxy.report import main as report
+
+        return report(args[1:])
     parsed = config.build_parser().parse_args(args)
     if parsed.probe:
         return probe(parsed.proxy_port)

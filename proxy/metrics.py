@@ -2,7 +2,8 @@
 
 The hot path only adds to integers and a bucket list (`RouteMetrics.observe`); names,
 labels and cumulative buckets are produced when Prometheus scrapes. Labels are bounded:
-routes are a fixed set, failure kinds are a fixed set, and AADSTS codes are Entra's.
+routes are a fixed set, failure kinds are a fixed set, AADSTS codes are Entra's, and
+callers are a fixed set of SDK families (`proxy.callers`; their versions stay out of labels).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from proxy.counters import (
     RouteMetrics,
 )
 from proxy.tokens.cache import TokenCache
+from proxy.usage import CallerUsage
 
 __all__ = [
     "EXCHANGE_BUCKETS",
@@ -57,7 +59,9 @@ class ProxyCollector(Collector):
         cache: TokenCache,
         service_account_expiry: Callable[[], float | None],
         clock: Callable[[], float] = time.time,
+        usage: CallerUsage | None = None,
     ) -> None:
+        self._usage = usage
         self._requests = requests
         self._exchanges = exchanges
         self._cache = cache
@@ -69,6 +73,7 @@ class ProxyCollector(Collector):
         yield from self._cache_metrics()
         yield from self._exchange_metrics()
         yield from self._expiry_metrics()
+        yield from self._caller_metrics()
         info = GaugeMetricFamily(
             f"{PREFIX}_build_info", "Build information.", labels=["version", "python", "msal"]
         )
@@ -146,6 +151,26 @@ class ProxyCollector(Collector):
                 f"{PREFIX}_service_account_token_expiry_seconds",
                 "Seconds until the projected service-account token expires.",
                 value=sa_expiry - now,
+            )
+
+    def _caller_metrics(self) -> Iterator[Metric]:
+        if self._usage is None:
+            return
+        by_client = CounterMetricFamily(
+            f"{PREFIX}_token_requests_by_client",
+            "Token requests by calling SDK family and whether its version could use "
+            "workload identity without the sidecar (yes, no, unknown).",
+            labels=["client", "supports_workload_identity"],
+        )
+        for (client, supports), count in sorted(self._usage.by_label.items()):
+            by_client.add_metric([client, supports], count)
+        yield by_client
+        last = self._usage.last_request_at
+        if last is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_last_token_request_timestamp_seconds",
+                "Unix time of the last token request (absent until the first one).",
+                value=last,
             )
 
 

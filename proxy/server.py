@@ -106,6 +106,7 @@ class ProxyServer:
                 self.exchange_metrics,
                 self.cache,
                 lambda: self._service_account_expires_at,
+                usage=self.proxy.callers,
             )
         )
 
@@ -236,7 +237,11 @@ class ProxyServer:
             payload = generate_latest(registry)  # on the loop: the collector reads live state
             return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+        async def report(request: web.Request) -> web.Response:
+            return web.json_response(self.proxy.callers.report())  # the migration report
+
         app = web.Application()
+        app.router.add_get("/report", report)
         app.router.add_route("*", "/{tail:.*}", metrics)
         return app
 

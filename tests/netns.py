@@ -12,7 +12,9 @@ pod for the node's IMDS, and nothing the tests do reaches the host's own network
 metadata address exists only inside the imds namespace.
 
 Servers and clients are small Python programs run with this interpreter (the project venv)
-through ``ip netns exec``, optionally as another uid through ``setpriv``.
+through ``ip netns exec``, optionally as another uid through ``setpriv``. A program given as
+``sys.executable`` runs, for another uid, from the install every user can reach
+(``tests/other_users.py``), with ``/`` as its working directory: it never reads the checkout.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any
 
 import pytest
 
+from tests.other_users import cwd_for, python_for
+
 METADATA_IP = "169.254.169.254"
 POD_VETH_ADDR = "169.254.100.1"
 IMDS_VETH_ADDR = "169.254.100.2"
@@ -41,7 +45,6 @@ PROXY_UID = 1501
 PROXY_PORT = 8000
 OTHER_METADATA_PORT = 8080
 
-REPO = Path(__file__).resolve().parent.parent
 # Absolute, so that a test may hand the program under test a PATH without them.
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
@@ -73,9 +76,12 @@ class Netns:
     def argv(self, argv: Sequence[str], user: int | None = None) -> list[str]:
         """``argv`` wrapped to run in this namespace, as ``user`` (uid and gid) if given."""
         wrapped = [IP, "netns", "exec", self.name]
+        program = list(argv)
         if user is not None:
             wrapped += [SETPRIV, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
-        return wrapped + list(argv)
+            if program and program[0] == sys.executable:
+                program[0] = python_for(user)
+        return wrapped + program
 
     def run(
         self,
@@ -89,7 +95,7 @@ class Netns:
         done = subprocess.run(
             self.argv(argv, user),
             env=None if env is None else dict(env),
-            cwd=REPO,
+            cwd=cwd_for(user),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -119,7 +125,7 @@ class Netns:
             proc = subprocess.Popen(
                 self.argv(argv, user),
                 env=None if env is None else dict(env),
-                cwd=REPO,
+                cwd=cwd_for(user),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,

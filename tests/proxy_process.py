@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +22,7 @@ from typing import Any
 import requests
 
 from proxy.imds import TOKEN_PATH
+from tests.other_users import cwd_for, python_for
 from tests.processes import NotReady, answering
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ class ProxyProcess:
         upstream = imds_upstream or "http://127.0.0.1:9"  # loopback: never the real IMDS
         self.command = [
             *prefix,
-            sys.executable,
+            python_for(user),
             "-m",
             "proxy",
             f"--proxy-port={self.port}",
@@ -91,7 +91,7 @@ class ProxyProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
-            cwd=ROOT,
+            cwd=cwd_for(self._user),
             user=self._user,
             group=self._user,
         )

@@ -68,6 +68,7 @@ REQUIRED_ALERTS = {
     "ImdsProxyServiceAccountTokenUnavailable",
     "ImdsProxyCachedTokenExpiringWithoutRefresh",
     "ImdsProxyTokenErrorsHigh",
+    "ImdsProxySidecarUnused",
 }
 DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
 
@@ -419,6 +420,8 @@ def test_dashboard_has_the_panels_sres_need() -> None:
         ("imds_proxy_cache_evictions_total",),
         ("process_resident_memory_bytes",),
         ("count by (version, python, msal) (imds_proxy_build_info",),
+        ("sum by (client, supports_workload_identity) (", "imds_proxy_token_requests_by_client"),
+        ("imds_proxy_last_token_request_timestamp_seconds",),
     ):
         assert any(all(part in e for part in needed) for e in exprs), needed
 
@@ -546,6 +549,41 @@ QUIET_CASES: list[tuple[str, list[tuple[str, str]], str]] = [
 ]
 
 
+SLOW_ALERT_CASES = [
+    (  # the last token request 7 days and 2 hours before the evaluation
+        "ImdsProxySidecarUnused",
+        [
+            (_series("imds_proxy_last_token_request_timestamp_seconds"), "0x200"),
+            (_series("process_start_time_seconds"), "0x200"),
+        ],
+        "170h",
+        [LABELS],
+    ),
+    (  # never a token request since a start 7 days and 2 hours ago
+        "ImdsProxySidecarUnused",
+        [(_series("process_start_time_seconds"), "0x200")],
+        "170h",
+        [LABELS],
+    ),
+]
+"""Alerts about days rather than minutes: their unit tests step by the hour."""
+SLOW_QUIET_CASES: list[tuple[str, list[tuple[str, str]], str]] = [
+    (  # a request every hour, from a sidecar started long ago
+        "ImdsProxySidecarUnused",
+        [
+            (_series("imds_proxy_last_token_request_timestamp_seconds"), "0+3600x200"),
+            (_series("process_start_time_seconds"), "0x200"),
+        ],
+        "170h",
+    ),
+    (  # a sidecar started 6 days ago that has not been asked yet
+        "ImdsProxySidecarUnused",
+        [(_series("process_start_time_seconds"), "86400x200")],
+        "170h",
+    ),
+]
+
+
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None
     return subprocess.run(
@@ -586,9 +624,31 @@ def test_each_alert_fires_on_its_scenario_and_stays_quiet_otherwise(tmp_path: Pa
     for rule in alert_rules(doc):  # annotations are compared verbatim by promtool: drop them
         rule.pop("annotations", None)
     (tmp_path / "alerts.yaml").write_text(yaml.safe_dump(doc))
-    tests = [
+    tests = _unit_tests(ALERT_CASES, QUIET_CASES, rule_labels, "1m")
+    slow = _unit_tests(SLOW_ALERT_CASES, SLOW_QUIET_CASES, rule_labels, "1h")
+    assert {case[0] for case in ALERT_CASES + SLOW_ALERT_CASES} == {
+        r["alert"] for r in alert_rules(doc)
+    }
+    for name, unit_tests, step in (("alerts_test", tests, "1m"), ("slow_test", slow, "1h")):
+        unit = tmp_path / f"{name}.yaml"
+        unit.write_text(
+            yaml.safe_dump(
+                {"rule_files": ["alerts.yaml"], "evaluation_interval": step, "tests": unit_tests}
+            )
+        )
+        result = promtool("test", "rules", unit)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _unit_tests(
+    cases: list[tuple[str, list[tuple[str, str]], str, list[dict[str, str]]]],
+    quiet: list[tuple[str, list[tuple[str, str]], str]],
+    rule_labels: dict[str, dict[str, str]],
+    step: str,
+) -> list[dict[str, object]]:
+    tests: list[dict[str, object]] = [
         {
-            "interval": "1m",
+            "interval": step,
             "input_series": [{"series": s, "values": v} for s, v in series],
             "alert_rule_test": [
                 {
@@ -598,20 +658,14 @@ def test_each_alert_fires_on_its_scenario_and_stays_quiet_otherwise(tmp_path: Pa
                 }
             ],
         }
-        for alert, series, at, expected in ALERT_CASES
+        for alert, series, at, expected in cases
     ]
     tests += [
         {
-            "interval": "1m",
+            "interval": step,
             "input_series": [{"series": s, "values": v} for s, v in series],
             "alert_rule_test": [{"eval_time": at, "alertname": alert, "exp_alerts": []}],
         }
-        for alert, series, at in QUIET_CASES
+        for alert, series, at in quiet
     ]
-    unit = tmp_path / "alerts_test.yaml"
-    unit.write_text(
-        yaml.safe_dump({"rule_files": ["alerts.yaml"], "evaluation_interval": "1m", "tests": tests})
-    )
-    assert {case[0] for case in ALERT_CASES} == {r["alert"] for r in alert_rules(doc)}
-    result = promtool("test", "rules", unit)
-    assert result.returncode == 0, result.stdout + result.stderr
+    return tests

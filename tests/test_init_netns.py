@@ -120,6 +120,7 @@ def test_apply_prints_the_installed_rules(net: PodNetwork, backend: str) -> None
     assert done.stderr == ""
 
 
+@pytest.mark.other_user
 @pytest.mark.parametrize("uid", [0, APP_UID], ids=["root", "app-uid"])
 def test_metadata_traffic_is_redirected_to_the_proxy_port(
     served: PodNetwork, backend: str, uid: int
@@ -129,6 +130,7 @@ def test_metadata_traffic_is_redirected_to_the_proxy_port(
     assert body == {"served_by": "proxy", "port": PROXY_PORT, "path": INSTANCE_PATH}
 
 
+@pytest.mark.other_user
 def test_proxy_uid_reaches_the_real_imds(served: PodNetwork, backend: str) -> None:
     apply(served.pod, backend)
     body = http_get(served.pod, INSTANCE_URL, user=PROXY_UID)
@@ -322,6 +324,7 @@ def test_invalid_settings_exit_2_and_change_nothing(
     assert nat_table(net.pod, backend) == before
 
 
+@pytest.mark.other_user
 def test_not_root_exits_3(net: PodNetwork, backend: str) -> None:
     done = run_init(net.pod, env=init_env(backend), user=PROXY_UID)
     assert done.returncode == cli.EXIT_PERMISSION

@@ -42,7 +42,7 @@ from tests.netns import (
     start_fake_imds,
 )
 
-pytestmark = requires_root
+pytestmark = [requires_root, pytest.mark.other_user]
 
 APP_UID = 1000
 ARM = "https://management.azure.com"
