@@ -2,10 +2,10 @@
 
 The proxy serves a handful of routes, so it dispatches on `proxy.paths`' reading of the
 path on aiohttp's low-level server instead of the router and application machinery; IMDS's
-own spelling of the token path is one set lookup before anything else. A cached
+own spelling of the token path is one set lookup before anything else. A cached IMDS
 token costs: two header lookups, one dictionary lookup for the (remembered) meaning of
 the query, one for the token, two integers formatted into prebuilt bytes, and one
-pre-escaped log line. Handlers never raise: errors are IMDS-shaped answers.
+pre-escaped log line. Handlers never raise: errors are answers in the caller's protocol.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from proxy.answers import error_answer as _error
+from proxy.appservice import AppServiceEndpoint
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.counters import RequestMetrics
@@ -35,7 +37,7 @@ from proxy.imds import (
     scope_for,
 )
 from proxy.paths import Route, route_for
-from proxy.requestlog import RequestLog, json_field, json_fields
+from proxy.requestlog import RequestLog, json_field
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import CredentialUnavailable, TokenError
 from proxy.tokens.model import TokenKey
@@ -125,11 +127,21 @@ class ProxyHttp:
         metrics = proxy.request_metrics
         self._routes = {
             name: metrics.route(name)
-            for name in ("token", "readyz", "healthz", "metadata", "identity", "invalid", "other")
+            for name in (
+                "token",
+                "appservice",
+                "readyz",
+                "healthz",
+                "metadata",
+                "identity",
+                "invalid",
+                "other",
+            )
         }
         self._tenant_id = proxy.settings.tenant_id
         self._default_client_id = proxy.settings.client_id
         self._queries: dict[str, _KnownQuery | ImdsError] = {}
+        self._app_service = AppServiceEndpoint.from_settings(proxy.settings, proxy.cache)
         self.last_arrival = 0.0
         """`time.perf_counter()` of the latest request: a draining server waits for quiet."""
 
@@ -145,6 +157,10 @@ class ProxyHttp:
         if name == "token":
             event = "received token request"
             response, extra = await self._token(request)
+            extra += self._callers.observe(request.headers)
+        elif name == "appservice":
+            event = "received app service token request"
+            response, extra = await self._app_service(request)
             extra += self._callers.observe(request.headers)
         elif name == "metadata":
             event = "forwarded metadata request"
@@ -213,12 +229,3 @@ class ProxyHttp:
         body = json.dumps({"status": "not ready", "reasons": reasons})
         response = web.Response(status=503, text=body, content_type="application/json")
         return response, json_field("reason", "; ".join(reasons))
-
-
-def _error(err: ImdsError) -> tuple[web.StreamResponse, str]:
-    """The error answer, and what the request line says about it."""
-    fields: dict[str, object] = {"error": err.reason}
-    if err.status >= 500 or err.status == 429:
-        fields["reason"] = err.description
-    response = web.Response(status=err.status, body=err.body, headers=err.headers)
-    return response, json_fields(fields)

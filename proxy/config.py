@@ -57,6 +57,9 @@ class Settings:
     cache_max_entries: int = 1024
     rejected_ttl: float = 5.0
     prefetch_resources: tuple[str, ...] = field(default_factory=tuple)
+    identity_header: str | None = field(default=None, repr=False)
+    """The App Service endpoint's expected secret (env IDENTITY_HEADER); never printed."""
+    identity_header_file: str | None = None
 
 
 _DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
@@ -69,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer IMDS managed-identity token requests with Entra Workload ID tokens.",
         epilog="Environment: AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (required), "
         "AZURE_CLIENT_ID (the default identity), AZURE_AUTHORITY_HOST, REQUESTS_CA_BUNDLE, "
-        "HTTPS_PROXY/NO_PROXY. Subcommand: `imds-proxy dev` runs it against a local issuer.",
+        "HTTPS_PROXY/NO_PROXY, IDENTITY_HEADER (the App Service endpoint's secret). "
+        "Subcommand: `imds-proxy dev` runs it against a local issuer.",
     )
     add = parser.add_argument
     add(
@@ -142,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch a token for RESOURCE at start (repeatable)",
     )
     add(
+        "--identity-header-file",
+        metavar="PATH",
+        help="file holding the secret App Service callers send (default: env IDENTITY_HEADER)",
+    )
+    add(
         "--probe",
         action="store_true",
         help="poll /readyz on --proxy-port (7 tries, 1 s apart) and exit 0 when ready",
@@ -186,6 +195,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         raise ConfigError("--prefetch-resource: must not be empty")
     if prefetch and client_id is None:
         raise ConfigError("--prefetch-resource: needs AZURE_CLIENT_ID, the identity to fetch for")
+    identity_header_file = (args.identity_header_file or "").strip() or None
     ca_bundle = (environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or "").strip()
     return Settings(
         tenant_id=tenant,
@@ -206,6 +216,8 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         cache_max_entries=args.cache_max_entries,
         rejected_ttl=args.rejected_ttl,
         prefetch_resources=prefetch,
+        identity_header=environ.get("IDENTITY_HEADER", "").strip() or None,
+        identity_header_file=identity_header_file,
     )
 
 

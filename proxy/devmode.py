@@ -64,7 +64,13 @@ def _print_banner(settings: config.Settings, control_url: str) -> None:
         "\nimds-proxy dev: serving IMDS tokens from a local issuer (no Azure account needed).\n"
         f"  fetch a token:   curl -s -H 'Metadata: true' "
         f"'{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={DEMO_RESOURCE}'\n"
-        f"  readiness:       curl -s {base}/readyz\n"
+        + (
+            f'  App Service:     curl -s -H "X-IDENTITY-HEADER: $IDENTITY_HEADER" '
+            f"'{base}/msi/token?api-version=2019-08-01&resource={DEMO_RESOURCE}'\n"
+            if settings.identity_header
+            else ""
+        )
+        + f"  readiness:       curl -s {base}/readyz\n"
         + (
             f"  metrics:         curl -s http://127.0.0.1:{settings.metrics_port}/metrics\n"
             if settings.metrics_port

@@ -114,6 +114,14 @@ def parse_token_query(
             f"Invalid api-version; identity requests need {_OLDEST_API_VERSION} or later",
             reason="api_version",
         )
+    return parse_wanted_token(query, tenant_id, default_client_id)
+
+
+def parse_wanted_token(
+    query: Mapping[str, str], tenant_id: str, default_client_id: str | None
+) -> TokenRequest:
+    """The version-independent part of a token query, in IMDS's order: resource, then
+    identity (IMDS's selector names; other protocols translate theirs first)."""
     resource = query.get("resource", "").strip()
     if not resource:
         raise ImdsError(

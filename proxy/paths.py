@@ -19,6 +19,7 @@ from typing import NamedTuple
 from urllib.parse import unquote_to_bytes, urlsplit
 
 TOKEN_PATH = "/metadata/identity/oauth2/token"
+APP_SERVICE_PATH = "/msi/token"
 IDENTITY_PREFIX = "/metadata/identity"
 
 FORWARDED_CATEGORIES = frozenset(
@@ -29,6 +30,8 @@ FORWARDED_CATEGORIES = frozenset(
 EXACT_ROUTES = {
     TOKEN_PATH: "token",
     TOKEN_PATH + "/": "token",
+    APP_SERVICE_PATH: "appservice",
+    APP_SERVICE_PATH + "/": "appservice",
     "/readyz": "readyz",
     "/healthz": "healthz",
 }

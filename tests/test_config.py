@@ -204,6 +204,20 @@ def test_imds_upstream_none_turns_forwarding_off(off: str) -> None:
     assert load(f"--imds-upstream={off}").imds_upstream is None
 
 
+def test_identity_header_from_the_environment_is_never_printed() -> None:
+    settings = load(IDENTITY_HEADER=" 6f1c0d7e-pod-uid \n")
+    assert settings.identity_header == "6f1c0d7e-pod-uid"
+    assert settings.identity_header_file is None
+    assert "6f1c0d7e" not in repr(settings)
+    assert load(IDENTITY_HEADER="  ").identity_header is None
+    assert load().identity_header is None
+
+
+def test_identity_header_file_flag() -> None:
+    settings = load("--identity-header-file", "/var/run/identity/header")
+    assert settings.identity_header_file == "/var/run/identity/header"
+
+
 def test_settings_are_frozen() -> None:
     settings = load()
     with pytest.raises(AttributeError):

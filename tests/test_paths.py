@@ -96,3 +96,21 @@ def test_allowlisted_categories_are_forwarded_canonically(target: str, forwarded
 )
 def test_everything_else(target: str, route: Route) -> None:
     assert route_for(target) == route
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/msi/token?resource=x&api-version=2019-08-01",
+        "/msi/token/?resource=x",  # msrestazure appends "/?resource="
+        "/MSI/token/",  # App Service itself spelled MSI_ENDPOINT so
+        "http://127.0.0.1:8000/msi/token",
+    ],
+)
+def test_app_service_endpoint(target: str) -> None:
+    assert route_for(target) == Route("appservice")
+
+
+def test_app_service_neighbours_are_not_found() -> None:
+    assert route_for("/msi/tokens") == NOT_FOUND
+    assert route_for("/msi") == NOT_FOUND

@@ -1,0 +1,83 @@
+"""The App Service endpoint's shared secret: where the expected value comes from, and the check.
+
+App Service gives each app a secret (`IDENTITY_HEADER`, `MSI_SECRET`) that every token
+request must echo in a header: a server-side request forgery cannot add headers, so a
+forged GET gets no token. The proxy reads the expected value from its own `IDENTITY_HEADER`
+or from a file the app containers share (`--identity-header-file`, which wins). The file is
+re-read when it changes (looked at no more than once a second), so a rotated secret needs no
+restart. The value is compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Callable
+
+from proxy.logs import get_logger
+
+log = get_logger("proxy.identity_header")
+RECHECK_SECONDS = 1.0
+
+
+class IdentityHeaderSecret:
+    """The expected secret, or none: with none, every request is refused."""
+
+    def __init__(
+        self,
+        value: str | None = None,
+        path: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._expected: bytes | None = None if path else _encoded(value)
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked_at = -RECHECK_SECONDS
+        if path:
+            self._reload()
+
+    @property
+    def configured(self) -> bool:
+        """Whether any secret is expected now (a missing file means none)."""
+        return self._current() is not None
+
+    def matches(self, presented: str | None) -> bool:
+        expected = self._current()
+        if expected is None or presented is None:
+            return False
+        return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected)
+
+    def _current(self) -> bytes | None:
+        if self.path is not None and self._clock() - self._checked_at >= RECHECK_SECONDS:
+            self._reload()
+        return self._expected
+
+    def _reload(self) -> None:
+        assert self.path is not None
+        self._checked_at = self._clock()
+        try:
+            stat = os.stat(self.path)  # follows kubelet's ..data symlink swap
+            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if stamp == self._stamp:
+                return
+            with open(self.path, encoding="utf-8", errors="surrogateescape") as handle:
+                value = handle.read()
+        except OSError as exc:
+            if self._stamp != (0, 0, 0):
+                log.warning(
+                    "identity header file unreadable; the App Service endpoint refuses "
+                    "every request until it is back",
+                    path=self.path,
+                    reason=exc.strerror,
+                )
+            self._stamp, self._expected = (0, 0, 0), None
+            return
+        self._stamp, self._expected = stamp, _encoded(value)
+        log.info("identity header file read", path=self.path, empty=self._expected is None)
+
+
+def _encoded(value: str | None) -> bytes | None:
+    value = (value or "").strip()
+    return value.encode("utf-8", "surrogateescape") if value else None

@@ -1,0 +1,255 @@
+"""Endpoint mode: unmodified SDKs get tokens from the real proxy with only the App Service
+variables set: no redirect, no HTTP_PROXY, no AZURE_* in the app's environment.
+
+The app's environment is what `imds-proxy inject --mode endpoint` gives a container:
+`IDENTITY_ENDPOINT` + `IDENTITY_HEADER` (2019-08-01) and `MSI_ENDPOINT` + `MSI_SECRET`
+(2017-09-01), all naming the proxy's `/msi/token` and one per-pod secret. Every request is
+checked in the proxy's own request log: it reached `/msi/token`, never the IMDS path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import SECOND_CLIENT_ID
+from tests.fake_entra import FakeEntra
+from tests.jwt_claims import claims
+from tests.proxy_process import ProxyProcess, running_proxy
+from tests.test_e2e_js_client import JS, js_sdk  # noqa: F401 - the fixture, shared
+from tests.test_e2e_legacy_sdks import (
+    MSRESTAZURE,
+    old_sdks,  # noqa: F401 - the fixture, shared
+)
+
+SECRET = str(uuid.uuid4())  # what the downward API gives: the pod's uid
+ARM = "https://management.azure.com"
+VAULT = "https://vault.azure.net"
+
+CURRENT_MANAGED_IDENTITY = """
+import json, sys
+from azure.identity import ManagedIdentityCredential
+kwargs = {"client_id": sys.argv[2]} if len(sys.argv) > 2 else {}
+token = ManagedIdentityCredential(**kwargs).get_token(sys.argv[1] + "/.default")
+print(json.dumps({"token": token.token, "expires_on": token.expires_on}))
+"""
+CURRENT_DEFAULT = """
+import json, sys
+from azure.identity import DefaultAzureCredential
+token = DefaultAzureCredential().get_token(sys.argv[1] + "/.default")
+print(json.dumps({"token": token.token, "expires_on": token.expires_on}))
+"""
+AZURE_IDENTITY_1_5 = """
+import json, sys
+from azure.identity import ManagedIdentityCredential
+kwargs = {"client_id": sys.argv[2]} if len(sys.argv) > 2 else {}
+token = ManagedIdentityCredential(**kwargs).get_token(sys.argv[1] + "/.default")
+print(json.dumps({"token": token.token, "expires_on": token.expires_on}))
+"""
+
+
+@pytest.fixture
+def proxy(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ProxyProcess]:
+    """The real proxy, given the pod's secret as the injector gives it (env IDENTITY_HEADER)."""
+    env = {**fake_entra.env(), "IDENTITY_HEADER": SECRET}
+    with running_proxy(env, tmp_path) as process:
+        yield process
+
+
+def app_env(proxy: ProxyProcess, secret: str = SECRET, **extra: str) -> dict[str, str]:
+    """The app container's environment in endpoint mode, and nothing that reaches IMDS."""
+    endpoint = proxy.base + "/msi/token"
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "IDENTITY_ENDPOINT": endpoint,
+        "IDENTITY_HEADER": secret,
+        "MSI_ENDPOINT": endpoint,
+        "MSI_SECRET": secret,
+        **extra,
+    }
+
+
+def run_python(
+    program: str, env: Mapping[str, str], *args: str, folder: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """The program in a fresh interpreter; with `folder`, only that folder's packages."""
+    command = [sys.executable, *(["-S"] if folder else []), "-c", program, *args]
+    env = {**env, **({"PYTHONPATH": str(folder)} if folder else {})}
+    return subprocess.run(command, env=env, capture_output=True, timeout=60)
+
+
+def token_of(done: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    result: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def token_lines(proxy: ProxyProcess) -> list[dict[str, object]]:
+    """The proxy's request lines for token requests of either protocol."""
+    return [line for line in proxy.logs() if "token request" in str(line.get("event"))]
+
+
+def assert_only_app_service(proxy: ProxyProcess, api_version: str) -> None:
+    """Stops the proxy (its log is flushed on the way out), then reads its request lines."""
+    proxy.stop()
+    lines = token_lines(proxy)
+    assert lines, "no token request reached the proxy"
+    assert {line["event"] for line in lines} == {"received app service token request"}
+    assert {line.get("api_version") for line in lines if line["status"] == 200} == {api_version}
+    assert SECRET not in proxy.log_text()
+
+
+def assert_issued(result: Mapping[str, object], resource: str, client_id: str) -> None:
+    issued = claims(str(result["token"]))
+    assert issued["aud"] == resource
+    assert issued["appid"] == client_id
+
+
+def test_current_azure_identity_uses_2019(proxy: ProxyProcess, fake_entra: FakeEntra) -> None:
+    result = token_of(run_python(CURRENT_MANAGED_IDENTITY, app_env(proxy), ARM))
+    assert_issued(result, ARM, fake_entra.info.client_id)
+    issued = claims(str(result["token"]))
+    assert abs(int(str(result["expires_on"])) - issued["exp"]) <= 2
+    assert_only_app_service(proxy, "2019-08-01")
+
+
+def test_current_azure_identity_user_assigned(proxy: ProxyProcess) -> None:
+    result = token_of(run_python(CURRENT_MANAGED_IDENTITY, app_env(proxy), VAULT, SECOND_CLIENT_ID))
+    assert_issued(result, VAULT, SECOND_CLIENT_ID)
+
+
+def test_default_azure_credential(proxy: ProxyProcess, fake_entra: FakeEntra) -> None:
+    result = token_of(run_python(CURRENT_DEFAULT, app_env(proxy), ARM))
+    assert_issued(result, ARM, fake_entra.info.client_id)
+    assert_only_app_service(proxy, "2019-08-01")
+
+
+def test_azure_identity_1_5_uses_2017(
+    old_sdks: dict[str, Path],  # noqa: F811 - the shared fixture
+    proxy: ProxyProcess,
+    fake_entra: FakeEntra,
+) -> None:
+    folder = old_sdks["azure-identity"]
+    result = token_of(run_python(AZURE_IDENTITY_1_5, app_env(proxy), ARM, folder=folder))
+    assert_issued(result, ARM, fake_entra.info.client_id)
+    # It parses 2017's date string itself: the expiry must be the token's.
+    assert abs(int(str(result["expires_on"])) - claims(str(result["token"]))["exp"]) <= 2
+    user = run_python(AZURE_IDENTITY_1_5, app_env(proxy), VAULT, SECOND_CLIENT_ID, folder=folder)
+    assert_issued(token_of(user), VAULT, SECOND_CLIENT_ID)
+    assert_only_app_service(proxy, "2017-09-01")
+
+
+def test_msrestazure_uses_2017(
+    old_sdks: dict[str, Path],  # noqa: F811 - the shared fixture
+    proxy: ProxyProcess,
+    fake_entra: FakeEntra,
+) -> None:
+    """msrestazure takes the App Service path only where App Service's own
+    APPSETTING_WEBSITE_SITE_NAME is set; otherwise it POSTs Cloud Shell's form, unsigned."""
+    env = app_env(proxy, APPSETTING_WEBSITE_SITE_NAME="pod")
+    done = run_python(MSRESTAZURE, env, VAULT + "/", folder=old_sdks["msrestazure"])
+    result = token_of(done)
+    assert result["token_type"] == "Bearer"
+    assert_issued(result, VAULT + "/", fake_entra.info.client_id)
+    assert str(result["expires_on"]).endswith(" +00:00")  # 2017's date, passed through
+    assert_only_app_service(proxy, "2017-09-01")
+
+
+def test_msrestazure_without_the_app_service_marker_is_refused_clearly(
+    old_sdks: dict[str, Path],  # noqa: F811 - the shared fixture
+    proxy: ProxyProcess,
+) -> None:
+    done = run_python(MSRESTAZURE, app_env(proxy), VAULT, folder=old_sdks["msrestazure"])
+    assert done.returncode != 0
+    assert b"405" in done.stderr
+    proxy.stop()
+    refused = [line for line in token_lines(proxy) if line["status"] == 405]
+    assert refused and refused[0]["method"] == "POST"
+
+
+def test_javascript_sdk_uses_2019(
+    js_sdk: Path,  # noqa: F811 - the shared fixture
+    proxy: ProxyProcess,
+    fake_entra: FakeEntra,
+) -> None:
+    env = {**app_env(proxy), "HOME": os.environ.get("HOME", "/root")}
+    done = subprocess.run(
+        ["node", str(js_sdk), ARM], env=env, capture_output=True, timeout=60, cwd=JS
+    )
+    result: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert "error" not in result, result
+    assert_issued(result, ARM, fake_entra.info.client_id)
+    expires = int(str(result["expiresOnTimestamp"])) / 1000
+    assert abs(expires - claims(str(result["token"]))["exp"]) <= 2
+    assert_only_app_service(proxy, "2019-08-01")
+
+
+@pytest.mark.parametrize(
+    ("api_version", "header", "selector"),
+    [("2019-08-01", "X-IDENTITY-HEADER", "client_id"), ("2017-09-01", "secret", "clientid")],
+)
+def test_wrong_or_missing_secret_is_refused(
+    proxy: ProxyProcess, fake_entra: FakeEntra, api_version: str, header: str, selector: str
+) -> None:
+    url = f"{proxy.base}/msi/token?resource={VAULT}&api-version={api_version}"
+    wrong = SECRET[:-1] + ("0" if SECRET[-1] != "0" else "1")
+    other_header = "secret" if header != "secret" else "X-IDENTITY-HEADER"
+    for headers in ({}, {header: wrong}, {header: ""}, {other_header: SECRET}):
+        answer = requests.get(url, headers=headers, timeout=5)
+        assert answer.status_code == 401, (headers, answer.text)
+        assert "access_token" not in answer.text and SECRET not in answer.text
+    no_resource = f"{proxy.base}/msi/token?api-version={api_version}"
+    assert requests.get(no_resource, headers={header: wrong}, timeout=5).status_code == 401
+    assert requests.get(no_resource, headers={header: SECRET}, timeout=5).status_code == 400
+    user_assigned = url + f"&{selector}={SECOND_CLIENT_ID}"
+    good = requests.get(user_assigned, headers={header: SECRET}, timeout=5)
+    assert good.status_code == 200, good.text
+    assert claims(good.json()["access_token"])["appid"] == SECOND_CLIENT_ID
+    assert fake_entra.stats()["token_requests"]["total"] == 1, "refusals never reach Entra ID"
+    proxy.stop()
+    assert SECRET not in proxy.log_text() and wrong not in proxy.log_text()
+    refused = [line for line in token_lines(proxy) if line["status"] == 401]
+    assert len(refused) == 5 and {line["error"] for line in refused} == {"identity_header"}
+
+
+def test_an_sdk_with_the_wrong_secret_gets_no_token(proxy: ProxyProcess) -> None:
+    done = run_python(CURRENT_MANAGED_IDENTITY, app_env(proxy, secret="not-the-pods-uid"), ARM)
+    assert done.returncode != 0
+    assert b"does not match" in done.stderr
+    proxy.stop()
+    assert [line["status"] for line in token_lines(proxy)] == [401]
+
+
+def test_without_a_configured_secret_every_request_is_refused(
+    fake_entra: FakeEntra, tmp_path: Path
+) -> None:
+    with running_proxy(fake_entra.env(), tmp_path) as proxy:
+        for header in ("X-IDENTITY-HEADER", "secret"):
+            version = "2019-08-01" if header != "secret" else "2017-09-01"
+            url = f"{proxy.base}/msi/token/?resource={VAULT}&api-version={version}"
+            for value in ("", "anything"):
+                answer = requests.get(url, headers={header: value}, timeout=5)
+                assert answer.status_code == 401
+                assert "no identity header configured" in answer.text
+    starts = [line for line in proxy.logs() if "refuses every request" in str(line["event"])]
+    assert len(starts) == 1
+
+
+def test_secret_from_a_file(fake_entra: FakeEntra, tmp_path: Path) -> None:
+    secret_file = tmp_path / "identity-header"
+    secret_file.write_text(SECRET + "\n")
+    args = [f"--identity-header-file={secret_file}"]
+    with running_proxy(fake_entra.env(), tmp_path, args) as proxy:
+        result = token_of(run_python(CURRENT_MANAGED_IDENTITY, app_env(proxy), ARM))
+        assert claims(str(result["token"]))["aud"] == ARM
+    assert SECRET not in proxy.log_text()
+    ready = [line for line in proxy.logs() if line["event"] == "App Service endpoint serves tokens"]
+    assert [line["secret"] for line in ready] == ["--identity-header-file"]
