@@ -30,7 +30,8 @@ from typing import Any
 
 import requests
 
-from benchmarks import memory, stampede, wrk
+from benchmarks import footprint, memory, stampede, wrk
+from proxy.imds import TOKEN_PATH
 from tests.fake_entra import FakeEntra
 from tests.processes import answering
 from tests.proxy_process import ROOT, ProxyProcess, free_port
@@ -46,10 +47,19 @@ SETTLE = 0.2
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 # Targets: a proxy figure against the bare server's, or against an absolute bound.
-MIN_THROUGHPUT_RATIO = 0.85
+MIN_THROUGHPUT_RATIO = 1.0
+MIN_CPU_RATIO = 1.0
+"""Bare CPU per request over the proxy's: the proxy may cost no more than the ceiling."""
 MAX_P99_RATIO = 1.5
 MAX_ENTRA_PER_1K = 1.0
 MAX_RSS_RATIO = 1.10
+MAX_START_RATIO = 1.5
+"""Spawn to /readyz 200, over spawn to a bound port for `import aiohttp` alone."""
+MAX_IDLE_WAKEUPS = 10
+MAX_IDLE_TICKS = 0
+MAX_IDLE_RSS_MIB = 40.0
+MAX_GROWTH_MIB = 2.0
+REJECTED_PREFIX = "https://rejected.example/"
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,10 @@ class Options:
     duration: float
     connections: int
     stampede: int
+    start_rounds: int = 5
+    idle: float = 60.0
+    hits: int = 1_000_000
+    rejected: int = 10_000
 
 
 # -- processes --------------------------------------------------------------------------
@@ -226,6 +240,106 @@ def measure_stampede(entra: FakeEntra, workdir: Path, count: int) -> dict[str, A
     }
 
 
+def measure_start(entra: FakeEntra, workdir: Path, rounds: int) -> dict[str, Any]:
+    """Spawn to ready, the proxy (/readyz 200) and the bare listener taking turns."""
+    bare: list[float] = []
+    proxy: list[float] = []
+    for _ in range(rounds):
+        port = free_port()
+        bare.append(
+            footprint.time_to_ready(
+                footprint.bare_listener_command(pin(SERVER_CORE), port), None, port, None, ROOT
+            )
+        )
+        process = ProxyProcess(entra.env(), workdir, (), prefix=pin(SERVER_CORE))
+        proxy.append(
+            footprint.time_to_ready(process.command, process.env, process.port, "/readyz", ROOT)
+        )
+    return {
+        "bare_s": bare,
+        "proxy_s": proxy,
+        "bare_median_s": _median(bare),
+        "proxy_median_s": _median(proxy),
+        "ratio": _median([p / b for p, b in zip(proxy, bare, strict=True)]),
+    }
+
+
+def measure_idle(entra: FakeEntra, workdir: Path, seconds: float) -> dict[str, Any]:
+    """One token, then nothing: what the process does on its own."""
+    with running_proxy(entra, workdir, ()) as proxy:
+        assert proxy.proc is not None
+        fetch_token(proxy.url(RESOURCE))
+        time.sleep(1.0)  # the answer's own follow-up (log flush, keep-alive close) settles
+        return footprint.idle(proxy.proc.pid, seconds)
+
+
+def measure_hit_growth(entra: FakeEntra, workdir: Path, opts: Options) -> dict[str, Any]:
+    """RSS after one token, then after `opts.hits` cached hits from wrk (in runs of
+    `opts.duration` seconds)."""
+    with running_proxy(entra, workdir, ()) as proxy:
+        assert proxy.proc is not None
+        pid = proxy.proc.pid
+        url = proxy.url(RESOURCE)
+        fetch_token(url)
+        time.sleep(SETTLE)
+        idle_kib = memory.rss_kib(pid)
+        done = runs = 0
+        first_run_kib = None
+        while done < opts.hits and runs < 100:
+            result = wrk.run(
+                url,
+                duration=opts.duration,
+                connections=opts.connections,
+                headers=METADATA,
+                prefix=pin(CLIENT_CORE),
+            )
+            done += result.requests
+            runs += 1
+            if first_run_kib is None:
+                first_run_kib = memory.rss_kib(pid)
+        after_kib = memory.rss_kib(pid)
+    return {
+        "hits": done,
+        "rss_idle_kib": idle_kib,
+        "rss_after_first_run_kib": first_run_kib,
+        "rss_after_kib": after_kib,
+        "growth_kib": after_kib - idle_kib,
+        "growth_after_first_run_kib": after_kib - (first_run_kib or idle_kib),
+    }
+
+
+def measure_rejected_growth(entra: FakeEntra, workdir: Path, count: int) -> dict[str, Any]:
+    """RSS after one token, then after `count` distinct resources Entra ID rejects."""
+    resources = [f"{REJECTED_PREFIX}{i}" for i in range(count)]
+    entra.behave(unknown_resources=resources)
+    try:
+        with running_proxy(entra, workdir, ()) as proxy:
+            assert proxy.proc is not None
+            pid = proxy.proc.pid
+            fetch_token(proxy.url(RESOURCE))
+            time.sleep(SETTLE)
+            idle_kib = memory.rss_kib(pid)
+            first = max(count // 10, 1)  # the first tenth warms the error paths up
+            statuses = footprint.distinct_resources(proxy.base + TOKEN_PATH, resources[:first])
+            warm_kib = memory.rss_kib(pid)
+            more = footprint.distinct_resources(proxy.base + TOKEN_PATH, resources[first:])
+            for status, n in more.items():
+                statuses[status] = statuses.get(status, 0) + n
+            time.sleep(SETTLE)
+            after_kib = memory.rss_kib(pid)
+    finally:
+        entra.behave(unknown_resources=[])
+    return {
+        "resources": count,
+        "statuses": statuses,
+        "rss_idle_kib": idle_kib,
+        "rss_after_first_tenth_kib": warm_kib,
+        "rss_after_kib": after_kib,
+        "growth_kib": after_kib - idle_kib,
+        "growth_after_first_tenth_kib": after_kib - warm_kib,
+    }
+
+
 # -- summary ------------------------------------------------------------------------------
 
 
@@ -276,7 +390,9 @@ def summarise(rounds: list[dict[str, Any]], baseline_kib: float) -> dict[str, di
     return summary
 
 
-def evaluate(summary: dict[str, dict[str, Any]], burst: dict[str, Any]) -> list[dict[str, Any]]:
+def evaluate(
+    summary: dict[str, dict[str, Any]], burst: dict[str, Any], costs: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Each target with its measured value and PASS/FAIL."""
     targets: list[dict[str, Any]] = []
 
@@ -293,6 +409,12 @@ def evaluate(summary: dict[str, dict[str, Any]], burst: dict[str, Any]) -> list[
             f"{s['throughput_ratio']:.2f}x",
             f">= {MIN_THROUGHPUT_RATIO}x",
             s["throughput_ratio"] >= MIN_THROUGHPUT_RATIO,
+        )
+        add(
+            f"{n}: CPU per request, bare over proxy",
+            f"{s['cpu_ratio']:.2f}x",
+            f">= {MIN_CPU_RATIO}x",
+            s["cpu_ratio"] >= MIN_CPU_RATIO,
         )
         add(
             f"{n}: p99 vs bare p99",
@@ -312,6 +434,45 @@ def evaluate(summary: dict[str, dict[str, Any]], burst: dict[str, Any]) -> list[
             f"{s['rss_idle_ratio']:.2f}x",
             f"<= {MAX_RSS_RATIO:.2f}x",
             s["rss_idle_ratio"] <= MAX_RSS_RATIO,
+        )
+        add(
+            f"{n}: idle RSS",
+            f"{s['rss_idle_kib'] / 1024:.1f} MiB",
+            f"<= {MAX_IDLE_RSS_MIB:g} MiB",
+            s["rss_idle_kib"] / 1024 <= MAX_IDLE_RSS_MIB,
+        )
+    start, idle = costs["start"], costs["idle"]
+    add(
+        "start -> /readyz 200 vs import aiohttp + bind",
+        f"{start['ratio']:.2f}x ({start['proxy_median_s'] * 1000:.0f} vs "
+        f"{start['bare_median_s'] * 1000:.0f} ms)",
+        f"<= {MAX_START_RATIO}x",
+        start["ratio"] <= MAX_START_RATIO,
+    )
+    add(
+        f"idle {idle['seconds']:g}s: wake-ups (context switches, all threads)",
+        str(idle["wakeups"]),
+        f"< {MAX_IDLE_WAKEUPS}",
+        idle["wakeups"] < MAX_IDLE_WAKEUPS,
+    )
+    add(
+        f"idle {idle['seconds']:g}s: CPU ticks",
+        str(idle["cpu_ticks"]),
+        str(MAX_IDLE_TICKS),
+        idle["cpu_ticks"] <= MAX_IDLE_TICKS,
+    )
+    for name, growth in (
+        (f"RSS growth after {costs['hit_growth']['hits']:,} cached hits", costs["hit_growth"]),
+        (
+            f"RSS growth after {costs['rejected_growth']['resources']:,} rejected resources",
+            costs["rejected_growth"],
+        ),
+    ):
+        add(
+            name,
+            f"{growth['growth_kib'] / 1024:.2f} MiB",
+            f"< {MAX_GROWTH_MIB:g} MiB",
+            growth["growth_kib"] / 1024 < MAX_GROWTH_MIB,
         )
     add(
         f"stampede ({burst['requests']} cold requests): Entra calls",
@@ -438,6 +599,7 @@ def render(results: dict[str, Any]) -> str:
         f"{STAMPEDE_DELAY}s -> {burst['entra_calls']} Entra call(s), statuses "
         f"{burst['statuses']}, {burst['distinct_tokens']} distinct token(s), "
         f"{burst['seconds']:.2f}s",
+        _costs_text(results["costs"]),
         "",
         "Targets:",
         _table(
@@ -449,6 +611,29 @@ def render(results: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(out)
+
+
+def _costs_text(costs: dict[str, Any]) -> str:
+    start, idle = costs["start"], costs["idle"]
+    hits, rejected = costs["hit_growth"], costs["rejected_growth"]
+    return "\n".join(
+        [
+            f"Start (spawn -> ready, {len(start['proxy_s'])} alternating turns): proxy "
+            + ", ".join(f"{t * 1000:.0f}" for t in start["proxy_s"])
+            + " ms; import aiohttp + bind "
+            + ", ".join(f"{t * 1000:.0f}" for t in start["bare_s"])
+            + " ms",
+            f"Idle {idle['seconds']:g}s after one token: {idle['wakeups']} context switches, "
+            f"{idle['cpu_ticks']} CPU ticks ({idle['cpu_ms']:.0f} ms), {idle['threads']} "
+            f"threads, RSS {_mib(idle['rss_kib'])} MiB",
+            f"Cached hits: {hits['hits']:,} -> RSS {_mib(hits['rss_idle_kib'])} -> "
+            f"{_mib(hits['rss_after_kib'])} MiB (after the first wrk run "
+            f"{_mib(hits['rss_after_first_run_kib'] or 0)} MiB)",
+            f"Rejected resources: {rejected['resources']:,} distinct {rejected['statuses']} -> "
+            f"RSS {_mib(rejected['rss_idle_kib'])} -> {_mib(rejected['rss_after_kib'])} MiB "
+            f"(after the first tenth {_mib(rejected['rss_after_first_tenth_kib'])} MiB)",
+        ]
+    )
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -479,6 +664,14 @@ def benchmark(opts: Options, workdir: Path) -> dict[str, Any]:
                     f" ms, failed {w['failed']}"
                 )
             rounds.append(this)
+        note(f"start: {opts.start_rounds} alternating turns")
+        costs: dict[str, Any] = {"start": measure_start(entra, workdir, opts.start_rounds)}
+        note(f"idle: {opts.idle:g}s")
+        costs["idle"] = measure_idle(entra, workdir, opts.idle)
+        note(f"memory: {opts.hits:,} cached hits")
+        costs["hit_growth"] = measure_hit_growth(entra, workdir, opts)
+        note(f"memory: {opts.rejected:,} rejected resources")
+        costs["rejected_growth"] = measure_rejected_growth(entra, workdir, opts.rejected)
     summary = summarise(rounds, baseline)
     return {
         "options": asdict(opts),
@@ -486,7 +679,8 @@ def benchmark(opts: Options, workdir: Path) -> dict[str, Any]:
         "baseline_rss_kib": baseline,
         "rounds": rounds,
         "summary": summary,
-        "targets": evaluate(summary, burst),
+        "costs": costs,
+        "targets": evaluate(summary, burst, costs),
     }
 
 
@@ -496,11 +690,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--stampede", type=int, default=500, help="cold concurrent requests")
+    parser.add_argument("--start-rounds", type=int, default=5, help="start-up turns each")
+    parser.add_argument("--idle", type=float, default=60.0, help="idle seconds observed")
+    parser.add_argument("--hits", type=int, default=1_000_000, help="cached hits for RSS growth")
+    parser.add_argument("--rejected", type=int, default=10_000, help="rejected resources")
     parser.add_argument("--output", type=Path, default=RESULTS, help="raw results (JSON)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.stampede < 1:
         parser.error("rounds, duration, connections and stampede must be positive")
-    opts = Options(args.rounds, args.duration, args.connections, args.stampede)
+    opts = Options(
+        args.rounds,
+        args.duration,
+        args.connections,
+        args.stampede,
+        args.start_rounds,
+        args.idle,
+        args.hits,
+        args.rejected,
+    )
     started = time.monotonic()
     info = machine()
     with tempfile.TemporaryDirectory(prefix="imds-bench-") as tmp:

@@ -22,6 +22,7 @@ from proxy.answers import error_answer as _error
 from proxy.appservice import AppServiceEndpoint
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
+from proxy.counters import RequestMetrics
 from proxy.forward import Forwarder
 from proxy.identities import IdentityDirectory
 from proxy.imds import (
@@ -37,7 +38,6 @@ from proxy.imds import (
     parse_token_query,
     scope_for,
 )
-from proxy.metrics import RequestMetrics
 from proxy.paths import Route, route_for
 from proxy.requestlog import RequestLog, json_field
 from proxy.tokens.cache import TokenCache
@@ -48,7 +48,8 @@ from proxy.usage import CallerUsage
 _TOKEN_PATHS = frozenset((TOKEN_PATH, TOKEN_PATH + "/"))
 _TOKEN_ROUTE = Route("token")
 JSON_HEADERS = {"Content-Type": JSON}
-MAX_REMEMBERED_QUERIES = 4096
+MAX_REMEMBERED_QUERIES = 256
+"""An app asks with a handful of query strings; a flood of distinct ones costs at most this."""
 _METHOD_NOT_ALLOWED = ImdsError(
     405, "invalid_request", "Only GET is supported on this path", reason="method"
 )
@@ -145,9 +146,11 @@ class ProxyHttp:
         self._identities = proxy.identities
         self._queries: dict[str, _KnownQuery | ImdsError] = {}
         self._app_service = AppServiceEndpoint.from_settings(proxy.settings, proxy.cache)
+        self.last_arrival = 0.0
+        """`time.perf_counter()` of the latest request: a draining server waits for quiet."""
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
+        started = self.last_arrival = time.perf_counter()
         target = request.raw_path
         path = target.partition("?")[0]
         # IMDS's own spelling of the token path is matched as it stands; any other spelling

@@ -18,6 +18,8 @@ from proxy import __version__
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
+DEFAULT_METRICS_PORT = 14637
+"""Off the ports apps use (8080, 9090, 9100...); why this one: README, "Ports"."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -68,10 +70,12 @@ class Settings:
     imds_upstream: str | None = DEFAULT_IMDS_UPSTREAM
     """Where allowlisted, non-identity metadata requests go; None: not forwarded."""
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9090
+    metrics_port: int = DEFAULT_METRICS_PORT
     log_level: str = "info"
     log_format: str = "json"
-    shutdown_grace: float = 5.0
+    shutdown_grace: float = 25.0
+    """Under the pod's default 30 s terminationGracePeriodSeconds: exit before SIGKILL."""
+    drain_idle: float = 3.0
     entra_timeout: float = 10.0
     cache_max_entries: int = 1024
     rejected_ttl: float = 5.0
@@ -124,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=_DEFAULT["metrics_port"],
-        help="Prometheus port; 0 turns it off",
+        help="Prometheus port (default %(default)s); 0 turns it off",
     )
     add(
         "--metrics-host",
@@ -135,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-grace",
         type=float,
         default=_DEFAULT["shutdown_grace"],
-        help="seconds to finish in-flight requests on SIGTERM",
+        help="on SIGTERM: seconds at most before exiting (drain, then in-flight requests)",
+    )
+    add(
+        "--drain-idle",
+        type=float,
+        default=_DEFAULT["drain_idle"],
+        help="on SIGTERM: keep serving until no request came for this many seconds",
     )
     add(
         "--entra-timeout",
@@ -214,6 +224,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         _port("--metrics-port", args.metrics_port)
     for name, value in (
         ("--shutdown-grace", args.shutdown_grace),
+        ("--drain-idle", args.drain_idle),
         ("--entra-timeout", args.entra_timeout),
         ("--rejected-ttl", args.rejected_ttl),
         ("--propagation-window", args.propagation_window),
@@ -244,6 +255,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         log_level=args.log_level,
         log_format=args.log_format,
         shutdown_grace=args.shutdown_grace,
+        drain_idle=args.drain_idle,
         entra_timeout=args.entra_timeout,
         cache_max_entries=args.cache_max_entries,
         rejected_ttl=args.rejected_ttl,

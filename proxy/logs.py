@@ -9,7 +9,6 @@ line, whoever wrote it.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import io
 import logging
@@ -55,8 +54,8 @@ def buffered_stdout() -> TextIO:
     """stdout with a 64 KiB buffer: request lines are appended without a write(2) each.
 
     Everything is written through this one object, in order; structlog and the standard
-    library flush after each of their (rare) lines, `flush_periodically` does it for the
-    request lines, and `atexit` at the end.
+    library flush after each of their (rare) lines, `proxy.requestlog` arms a one-shot
+    flush when it buffers a request line, and `atexit` flushes at the end.
     """
     raw = io.FileIO(sys.stdout.fileno(), "w", closefd=False)
     stream = io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16), encoding="utf-8")
@@ -67,13 +66,6 @@ def buffered_stdout() -> TextIO:
 def stream() -> TextIO:
     """Where log lines go (what `configure` chose)."""
     return _stream
-
-
-async def flush_periodically(interval: float = 0.2) -> None:
-    """Bound how long a request line waits in the buffer."""
-    while True:
-        await asyncio.sleep(interval)
-        _stream.flush()
 
 
 def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:

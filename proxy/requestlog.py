@@ -3,13 +3,16 @@
 structlog's processor chain costs about as much per line as aiohttp spends answering a
 cached token, so the request line is formatted here from pre-escaped pieces, in the same
 shape structlog renders (same keys and order, `level`, ISO `timestamp` in UTC), and
-appended to the shared buffered log stream. The console format, for people, goes through
-structlog. Values that come from callers are JSON-escaped and redacted
+appended to the shared buffered log stream. The first line into an empty buffer arms one
+`FLUSH_DELAY` timer that writes the buffer out: lines reach stdout within that delay, many
+lines cost one write(2), and an idle process has no timer at all. The console format, for
+people, goes through structlog. Values that come from callers are JSON-escaped and redacted
 (`proxy.logs.redact_text`) once, where they are first seen, not per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -20,6 +23,8 @@ from typing import Any, TextIO
 from proxy import logs
 
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,64}$")
+FLUSH_DELAY = 0.2
+"""Seconds a request line may wait in the buffer."""
 
 
 def json_field(name: str, value: object) -> str:
@@ -44,6 +49,7 @@ class RequestLog:
         self._stamp = ""
         self._escaped: dict[str, str] = {}
         self._ids = itertools.count(1)
+        self._flush_armed = False
 
     def write(
         self,
@@ -83,6 +89,22 @@ class RequestLog:
             f'"request_id": {rid}{extra}, "event": {self._escape(event)}, "level": "info", '
             f'"timestamp": "{self._stamp}"}}\n'
         )
+        if not self._flush_armed:
+            self._arm_flush(stream)
+
+    def _arm_flush(self, stream: TextIO) -> None:
+        """One timer per filled buffer, none while idle."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script, a test): write it out now
+            stream.flush()
+            return
+        self._flush_armed = True
+        loop.call_later(FLUSH_DELAY, self._flush, stream)
+
+    def _flush(self, stream: TextIO) -> None:
+        self._flush_armed = False
+        stream.flush()
 
     def _escape(self, text: str) -> str:
         escaped = self._escaped.get(text)

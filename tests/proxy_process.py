@@ -49,7 +49,10 @@ class ProxyProcess:
         imds_upstream: str | None = None,
         prefix: Sequence[str] = (),
         user: int | None = None,
+        drain_idle: float = 0.0,
     ) -> None:
+        """`drain_idle` 0 by default: a test's stop need not wait for quiet (the drain on
+        SIGTERM is tested with its own values)."""
         self.port = free_port()
         self.metrics_port = free_port() if metrics else 0
         self.log_path = workdir / f"proxy-{self.port}.log"
@@ -62,6 +65,7 @@ class ProxyProcess:
             f"--proxy-port={self.port}",
             f"--metrics-port={self.metrics_port}",
             f"--imds-upstream={upstream}",
+            f"--drain-idle={drain_idle:g}",
             *args,
         ]
         self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1"}

@@ -808,3 +808,22 @@ async def test_entries_holding_only_a_failure_are_evicted_before_tokens(
             await cache.get(TokenKey(TENANT, CLIENT, f"https://bad-{i}.example/.default"))
     assert cache.lookup(KEY) is not None and cache.lookup(OTHER) is not None
     assert len(cache) == 3 and cache.stats.evictions == 9
+
+
+async def test_remembered_failures_are_bounded_below_the_cache_size(
+    exchange: FakeExchange, clock: FakeClock
+) -> None:
+    """Distinct rejected resources keep at most `max_failures` error texts, however many
+    come, and tokens are not touched."""
+    cache = make_cache(exchange, clock, max_entries=1024, max_failures=4)
+    await cache.get(KEY)
+    exchange.failure = rejected()
+    for i in range(50):
+        with pytest.raises(EntraRejected):
+            await cache.get(TokenKey(TENANT, CLIENT, f"https://bad-{i}.example/.default"))
+    assert len(cache) == 1 + 4 and cache.lookup(KEY) is not None
+    last = TokenKey(TENANT, CLIENT, "https://bad-49.example/.default")
+    calls = len(exchange.calls)
+    with pytest.raises(EntraRejected):  # the most recent failures are still remembered
+        await cache.get(last)
+    assert len(exchange.calls) == calls

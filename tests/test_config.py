@@ -43,7 +43,9 @@ def test_defaults() -> None:
     assert settings.port == 8000
     assert settings.host == "127.0.0.1"
     assert settings.authority_host == DEFAULT_AUTHORITY_HOST == "https://login.microsoftonline.com/"
-    assert settings.metrics_port == 9090
+    assert settings.metrics_port == 14637  # off 9090, which apps use for their own metrics
+    assert settings.drain_idle == 3.0
+    assert settings.shutdown_grace <= 30  # the pod's default grace before SIGKILL
     assert settings.log_level == "info"
     assert settings.ca_bundle is None
     assert settings.prefetch_resources == ()
@@ -134,7 +136,14 @@ def test_metrics_port_zero_turns_metrics_off() -> None:
 
 
 @pytest.mark.parametrize(
-    "flag", ["--shutdown-grace", "--entra-timeout", "--rejected-ttl", "--propagation-window"]
+    "flag",
+    [
+        "--shutdown-grace",
+        "--drain-idle",
+        "--entra-timeout",
+        "--rejected-ttl",
+        "--propagation-window",
+    ],
 )
 @pytest.mark.parametrize("value", ["-1", "-0.5", "nan"])
 def test_negative_or_nan_durations_are_rejected(flag: str, value: str) -> None:
@@ -142,12 +151,15 @@ def test_negative_or_nan_durations_are_rejected(flag: str, value: str) -> None:
 
 
 def test_durations_are_read() -> None:
-    settings = load("--shutdown-grace=0", "--entra-timeout=2.5", "--rejected-ttl=30")
-    assert (settings.shutdown_grace, settings.entra_timeout, settings.rejected_ttl) == (
-        0.0,
-        2.5,
-        30.0,
+    settings = load(
+        "--shutdown-grace=0", "--drain-idle=1.5", "--entra-timeout=2.5", "--rejected-ttl=30"
     )
+    assert (
+        settings.shutdown_grace,
+        settings.drain_idle,
+        settings.entra_timeout,
+        settings.rejected_ttl,
+    ) == (0.0, 1.5, 2.5, 30.0)
     assert load().propagation_window == 300.0
     assert load("--propagation-window=0").propagation_window == 0.0
 

@@ -24,6 +24,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.config import DEFAULT_METRICS_PORT
 from tests.fake_entra import FakeEntra
 from tests.proxy_process import ROOT, ProxyProcess
 
@@ -370,7 +371,7 @@ def test_the_podmonitor_scrapes_the_sidecar_under_the_job_the_rules_select() -> 
     pod = yaml.safe_load(MUTATED_POD.read_text())
     (sidecar,) = [c for c in pod["spec"]["containers"] if re.fullmatch(keep["regex"], c["name"])]
     ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
-    assert ports[endpoint["port"]] == 9090  # the default --metrics-port
+    assert ports[endpoint["port"]] == DEFAULT_METRICS_PORT == 14637  # the default
     assert endpoint["path"] == "/metrics"
 
 
@@ -448,9 +449,9 @@ def _series(name: str, labels: str = "") -> str:
 ALERT_CASES: list[tuple[str, list[tuple[str, str]], str, list[dict[str, str]]]] = [
     (
         "ImdsProxyDown",
-        [(_series("up", 'instance="10.0.0.1:9090"'), "0x15")],
+        [(_series("up", 'instance="10.0.0.1:14637"'), "0x15")],
         "10m",
-        [{**LABELS, "job": "monitoring/imds-proxy", "instance": "10.0.0.1:9090"}],
+        [{**LABELS, "job": "monitoring/imds-proxy", "instance": "10.0.0.1:14637"}],
     ),
     (
         "ImdsProxyEntraExchangesFailing",

@@ -222,7 +222,7 @@ def test_debug_logs_from_every_library_hold_no_secret(
 def test_a_taken_metrics_port_does_not_cost_the_app_its_tokens(
     fake_entra: FakeEntra, tmp_path: Path
 ) -> None:
-    """Containers in a pod share ports; the app may already listen on 9090."""
+    """Containers in a pod share ports; the app may already listen on the metrics port."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

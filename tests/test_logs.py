@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -9,7 +10,7 @@ import logging
 import structlog
 
 from proxy import logs
-from proxy.requestlog import RequestLog
+from proxy.requestlog import FLUSH_DELAY, RequestLog
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
@@ -69,3 +70,30 @@ def test_a_token_sent_as_request_id_is_redacted_before_it_is_cut() -> None:
     assert "eyJ" not in stream.getvalue()
     assert first["request_id"].startswith("[redacted]")
     assert isinstance(second["request_id"], str)  # one type for log pipelines
+
+
+class _CountingStream(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_request_lines_are_flushed_once_per_burst_and_no_timer_waits_while_idle() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        stream = _CountingStream()
+        request_log = RequestLog("info", "json", stream=stream)
+        assert not loop._scheduled  # type: ignore[attr-defined]
+        for _ in range(3):
+            request_log.write("received token request", "GET", "/p", 200, 0.001, None)
+        assert stream.flushes == 0 and len(loop._scheduled) == 1  # type: ignore[attr-defined]
+        await asyncio.sleep(FLUSH_DELAY * 2)
+        assert stream.flushes == 1
+        assert not loop._scheduled  # type: ignore[attr-defined]  # idle: nothing armed
+        request_log.write("received token request", "GET", "/p", 200, 0.001, None)
+        await asyncio.sleep(FLUSH_DELAY * 2)
+        assert stream.flushes == 2 and len(stream.getvalue().splitlines()) == 4
+
+    asyncio.run(scenario())

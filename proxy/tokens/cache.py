@@ -54,6 +54,9 @@ class CachePolicy:
     """When to refresh, when to stop serving, and how long failures are remembered."""
 
     max_entries: int = 1024
+    max_failures: int = 128
+    """Entries holding only a remembered failure, at most: a flood of distinct rejected
+    resources then costs a bounded few hundred KiB, not `max_entries` error texts."""
     refresh_fraction: float = 0.5
     """Refresh ahead at this fraction of a token's lifetime..."""
     refresh_jitter: float = 0.1
@@ -243,12 +246,19 @@ class TokenCache:
     def _entry_for(self, key: TokenKey) -> _Entry:
         entry = self._entries.get(key)
         if entry is None:
-            if len(self._entries) >= self.policy.max_entries:
+            if (
+                len(self._entries) >= self.policy.max_entries
+                or self._failure_only() >= self.policy.max_failures
+            ):
                 self._evict_one()
             entry = self._entries[key] = _Entry()
         else:
             self._entries.move_to_end(key)
         return entry
+
+    def _failure_only(self) -> int:
+        """Entries with no token and no exchange under way (a miss pays for the scan)."""
+        return sum(1 for e in self._entries.values() if e.token is None and e.inflight is None)
 
     def _evict_one(self) -> None:
         """Drop the least recently used entry that holds only a remembered failure, else the

@@ -50,6 +50,7 @@ class EntraExchange:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._authority_host = authority_host.rstrip("/")
+        self.user_agent = user_agent
         self._assertion = assertion
         self._http = RecordingHttpClient(
             verify=ca_bundle or True, timeout=timeout, user_agent=user_agent
