@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from proxy.devissuer.pki import generate_tls_files
+from tests.background_server import BackgroundServer
 
 SUBSCRIPTION_ID = "7c3e5f90-1d2b-4a6c-8e0f-2b4d6a8c0e1f"
 
 
-class ArmStandIn:
+class ArmStandIn(BackgroundServer):
     """``with ArmStandIn(workdir, tenant_id) as arm:`` serves ``arm.url``; ``arm.ca_bundle``."""
 
     def __init__(self, workdir: Path, tenant_id: str, port: int = 0) -> None:
@@ -65,7 +64,7 @@ class ArmStandIn:
             self._server.socket, server_side=True
         )
         self.url = f"https://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.serve_in_background(self._server)
 
     @staticmethod
     def subscription(tenant_id: str) -> dict[str, Any]:
@@ -107,19 +106,6 @@ class ArmStandIn:
             for s in self.seen
             if s["path"].startswith(path)
         ]
-
-    def __enter__(self) -> ArmStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def main(argv: list[str]) -> None:

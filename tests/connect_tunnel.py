@@ -14,14 +14,15 @@ import contextlib
 import socket
 import socketserver
 import threading
-from types import TracebackType
+
+from tests.background_server import BackgroundServer
 
 METADATA_TARGET = b"169.254.169.254:80"
 IDLE_TIMEOUT = 30.0
 MAX_HEAD = 8192
 
 
-class ConnectTunnel:
+class ConnectTunnel(BackgroundServer):
     """``with ConnectTunnel(target_port) as tunnel:`` then use ``tunnel.port`` as the proxy."""
 
     def __init__(self, target_port: int) -> None:
@@ -35,7 +36,7 @@ class ConnectTunnel:
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.serve_in_background(self._server)
 
     def _handle(self, client: socket.socket, target_port: int) -> None:
         client.settimeout(IDLE_TIMEOUT)
@@ -59,19 +60,6 @@ class ConnectTunnel:
             back.start()
             _pipe(client, up)
             back.join(IDLE_TIMEOUT)
-
-    def __enter__(self) -> ConnectTunnel:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def _pipe(source: socket.socket, sink: socket.socket) -> None:

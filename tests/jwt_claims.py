@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -30,3 +31,18 @@ def assert_issued_to(
     if expires_on is not None:
         assert abs(expires_on - got["exp"]) <= 2, (expires_on, got["exp"])
     return got
+
+
+def assert_client_result(
+    result: Mapping[str, object], *, tenant_id: str, audience: str, client_id: str
+) -> dict[str, Any]:
+    """A client program's report (`token`, `expires_on`): no error, the fake's token for that
+    audience and client, and the expiry the client computed is the token's own."""
+    assert "error" not in result, result
+    return assert_issued_to(
+        str(result["token"]),
+        tenant_id=tenant_id,
+        audience=audience,
+        client_id=client_id,
+        expires_on=float(str(result["expires_on"])),
+    )

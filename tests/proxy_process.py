@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import requests
 
 from proxy.imds import TOKEN_PATH
+from tests.background_server import BackgroundServer
 from tests.other_users import cwd_for, python_for
 from tests.processes import NotReady, answering
 
@@ -135,7 +135,7 @@ class ProxyProcess:
         self.stop()
 
 
-class FakeImds:
+class FakeImds(BackgroundServer):
     """A loopback stand-in for the real IMDS that echoes what it received."""
 
     def __init__(self) -> None:
@@ -166,17 +166,9 @@ class FakeImds:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeImds:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        self.serve_in_background(server)
 
 
 @contextlib.contextmanager
