@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -96,6 +97,7 @@ class ProxyProcess:
             group=self._user,
         )
         self._wait("/readyz" if wait_ready else "/healthz")
+        self._wait_for_metrics()
         return self
 
     def _wait(self, path: str) -> None:
@@ -104,6 +106,21 @@ class ProxyProcess:
             answering(self.proc, self.base + path, START_TIMEOUT, "proxy")
         except NotReady as exc:
             raise RuntimeError(f"{exc}:\n{self.log_text()}") from None
+
+    def _wait_for_metrics(self) -> None:
+        """The metrics listener opens after the token listener (once the heavy imports are
+        done): wait until it accepts, or the proxy says it could not bind it."""
+        if not self.metrics_port:
+            return
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.metrics_port), timeout=1).close()
+                return
+            if "cannot serve metrics" in self.log_text():
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"metrics listener not up in {START_TIMEOUT} s:\n{self.log_text()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal the process and wait for it; returns its exit code."""

@@ -177,10 +177,12 @@ def test_identity_errors_are_400_identity_not_found_never_404_or_410(
 
 
 def test_an_identity_not_federated_with_the_pod_is_identity_not_found(
-    proxy: ProxyProcess, fake_entra: FakeEntra
+    fake_entra: FakeEntra, tmp_path: Path
 ) -> None:
+    """Once the propagation window is over (here: none), the rejection is final."""
     fake_entra.set_federated_credentials([], client_id=SECOND_CLIENT_ID)
-    response = get(proxy.url(ARM, client_id=SECOND_CLIENT_ID))
+    with running_proxy(fake_entra.env(), tmp_path, ["--propagation-window=0"]) as proxy:
+        response = get(proxy.url(ARM, client_id=SECOND_CLIENT_ID))
     assert response.status_code == 400
     assert response.json()["error_description"].startswith("Identity not found: AADSTS70021")
 
