@@ -191,6 +191,25 @@ def _shared_python() -> str | Unreachable:
 
 
 @functools.cache
+def reachable(path: Path) -> Path:
+    """``path`` itself when every user can reach it; otherwise a mirror of it (hard links to
+    what others may read, copies of the rest) under the shared temporary directory, made once
+    per run and removed at exit. For build outputs inside the checkout (compiled clients,
+    node_modules) that processes of another uid must run."""
+    if closed_ancestor(path) is None:
+        return path
+    root = Path(tempfile.mkdtemp(prefix="imds-proxy-reachable-", dir=_shared_tempdir()))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    mirror = root / path.name
+    if path.is_dir():
+        shutil.copytree(path, mirror, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(str(path), str(mirror))
+    _open_up(root)
+    return mirror
+
+
+@functools.cache
 def _checked_for(user: int) -> str | Unreachable:
     """The shared python, once ``user`` has shown it can import the project from there."""
     python = _shared_python()

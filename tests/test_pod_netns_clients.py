@@ -24,7 +24,9 @@ import tests.test_pod_netns_e2e as pod_netns_e2e
 from tests.azure_cli import azure_cli_env, cloud_setup_commands, run_az, seed_config_dir
 from tests.jwt_claims import assert_client_result
 from tests.netns import BACKENDS, requires_root, wait_for_line
+from tests.other_users import reachable
 from tests.sdk_clients import (
+    JAVA_PROJECT,
     JS_PROJECT,
     TESTS,
     azure_cli,
@@ -79,26 +81,30 @@ def assert_token(pod: Pod, result: dict[str, object], audience: str) -> None:
 
 @pytest.mark.parametrize("main", JAVA_CLIENTS)
 def test_java_client_in_the_pod(pod: Pod, app_home: Path, main: str) -> None:
-    argv = ["java", "-cp", or_skip(java_classpath), f"imdsclients.{main}", ARM]
+    target = JAVA_PROJECT / "target"  # the build, where the app's uid can read it
+    classpath = or_skip(java_classpath).replace(str(target), str(reachable(target)))
+    argv = ["java", "-cp", classpath, f"imdsclients.{main}", ARM]
     assert_token(pod, run_in_pod(pod, argv, app_home), ARM)
 
 
 @pytest.mark.parametrize("sdk", ["azidentity", "adal"])
 def test_go_sdk_in_the_pod(pod: Pod, app_home: Path, sdk: str) -> None:
-    argv = [str(or_skip(go_client)), "-sdk", sdk, "-resource", VAULT]
+    argv = [str(reachable(or_skip(go_client))), "-sdk", sdk, "-resource", VAULT]
     assert_token(pod, run_in_pod(pod, argv, app_home), VAULT)
 
 
 def test_javascript_sdk_in_the_pod(pod: Pod, app_home: Path) -> None:
     or_skip(node_modules)
-    result = run_in_pod(pod, ["node", str(JS_PROJECT / "get_token.mjs"), ARM], app_home)
+    script = reachable(JS_PROJECT) / "get_token.mjs"
+    result = run_in_pod(pod, ["node", str(script), ARM], app_home)
     result["expires_on"] = int(str(result.pop("expiresOnTimestamp"))) / 1000
     assert_token(pod, result, ARM)
 
 
 def test_ms_rest_nodeauth_in_the_pod(pod: Pod, app_home: Path) -> None:
     or_skip(node_modules)
-    result = run_in_pod(pod, ["node", str(JS_PROJECT / "login_with_vm_msi.mjs"), VAULT], app_home)
+    script = reachable(JS_PROJECT) / "login_with_vm_msi.mjs"
+    result = run_in_pod(pod, ["node", str(script), VAULT], app_home)
     result["expires_on"] = result["expiresOnMs"]  # seconds, read as milliseconds by the library
     assert_token(pod, result, VAULT)
 
