@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.arm_stand_in import ArmStandIn
 from tests.fake_entra import FakeEntra, fake_entra_fixture  # noqa: F401
 from tests.proxy_process import FakeImds, ProxyProcess, running_proxy
+from tests.sdk_clients import azure_cli, or_skip
 
 SECOND_CLIENT_ID = "0b8f3c1e-6a2d-4d7e-9f10-3c4b5a6d7e8f"
 """A second app registration trusting the same service account (user-assigned tests)."""
@@ -33,3 +35,16 @@ def proxy(fake_entra: FakeEntra, fake_imds: FakeImds, tmp_path: Path) -> Iterato
     """The real proxy process, configured as the webhook would, against the fake Entra ID."""
     with running_proxy(fake_entra.env(), tmp_path, imds_upstream=fake_imds.url) as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def az() -> list[str]:
+    """The Azure CLI, installed once per machine (tests/sdk_clients.py)."""
+    return or_skip(azure_cli)
+
+
+@pytest.fixture
+def arm(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ArmStandIn]:
+    """A Resource Manager stand-in over TLS, for az's subscription listing."""
+    with ArmStandIn(tmp_path, fake_entra.info.tenant_id) as stand_in:
+        yield stand_in

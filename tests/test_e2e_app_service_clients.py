@@ -25,7 +25,6 @@ from tests.proxy_process import ProxyProcess, running_proxy
 from tests.sdk_clients import (
     GO_PROJECT,
     JAVA_PROJECT,
-    azure_cli,
     clean_env,
     go_client,
     java_classpath,
@@ -99,17 +98,6 @@ def test_java_client_in_endpoint_mode(
     user = [*base, VAULT, SECOND_CLIENT_ID]
     check(run_client(user, env, JAVA_PROJECT), fake_entra, VAULT, SECOND_CLIENT_ID)
     assert_only_app_service(proxy, JAVA_CLIENTS[main])
-
-
-@pytest.fixture(scope="session")
-def az() -> list[str]:
-    return or_skip(azure_cli)
-
-
-@pytest.fixture
-def arm(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ArmStandIn]:
-    with ArmStandIn(tmp_path, fake_entra.info.tenant_id) as stand_in:
-        yield stand_in
 
 
 def test_azure_cli_login_identity_in_endpoint_mode(

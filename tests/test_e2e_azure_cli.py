@@ -9,7 +9,6 @@ nothing else leaves loopback (tests/azure_cli.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +19,9 @@ from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
 from tests.jwt_claims import assert_issued_to
 from tests.proxy_process import ProxyProcess
-from tests.sdk_clients import azure_cli, or_skip
 
 ARM_AUDIENCE = "https://management.core.windows.net/"
 VAULT = "https://vault.azure.net"
-
-
-@pytest.fixture(scope="session")
-def az() -> list[str]:
-    return or_skip(azure_cli)
-
-
-@pytest.fixture
-def arm(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ArmStandIn]:
-    with ArmStandIn(tmp_path, fake_entra.info.tenant_id) as stand_in:
-        yield stand_in
 
 
 @pytest.fixture
