@@ -7,6 +7,7 @@ in the cache and in the tests lands on the same values.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -827,3 +828,25 @@ async def test_remembered_failures_are_bounded_below_the_cache_size(
     with pytest.raises(EntraRejected):  # the most recent failures are still remembered
         await cache.get(last)
     assert len(exchange.calls) == calls
+
+
+async def test_failures_leave_no_reference_cycles(clock: FakeClock) -> None:
+    """A rejected request is freed when it is answered, not at some later collection: the
+    error's traceback must not keep the frames that hold it (and the caller's request)."""
+
+    async def rejecting(key: TokenKey) -> AccessToken:
+        raise rejected()
+
+    cache = TokenCache(rejecting, CachePolicy(), clock=clock, rand=lambda: 0.5)
+    keys = [TokenKey(TENANT, CLIENT, f"https://bad-{i}.example/.default") for i in range(20)]
+    gc.collect()
+    gc.disable()
+    try:
+        for key in keys:
+            for _ in range(2):  # the exchange, then the remembered failure
+                with pytest.raises(EntraRejected):
+                    await cache.get(key)
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable == 0

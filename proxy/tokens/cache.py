@@ -26,6 +26,7 @@ import asyncio
 import math
 import random
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -192,6 +193,16 @@ class TokenCache:
 
     async def fetch(self, key: TokenKey) -> AccessToken:
         """Join or start the exchange for `key`; remembered failures answer without one."""
+        try:
+            return await self._fetch(key)
+        except TokenError as exc:
+            # The frames below hold the error they raised, and its traceback holds them:
+            # a cycle, with the caller's request in it, that only the garbage collector
+            # would free. Their locals are done with: dropping them frees it all now.
+            traceback.clear_frames(exc.__traceback__)
+            raise
+
+    async def _fetch(self, key: TokenKey) -> AccessToken:
         self.stats.misses += 1
         entry = self._entry_for(key)
         task = entry.inflight
@@ -296,18 +307,12 @@ class TokenCache:
         try:
             token = await self._attempt(key, identity)
         except TokenError as exc:
-            failure = self._judge(identity, exc)
-            self._remember_failure(key, entry, failure)
-            if failure is exc:
-                raise
-            raise failure from None
+            # Raised unnamed: a local naming it would tie it to this frame (see `fetch`).
+            raise self._remember_failure(key, entry, self._judge(identity, exc)) from None
         except Exception as exc:  # a bug below us must not poison the key forever
             log.exception("token exchange crashed", client_id=key.client_id, scope=key.scope)
-            failure = EntraUnavailable(
-                f"internal error in the token exchange ({type(exc).__name__})"
-            )
-            self._remember_failure(key, entry, failure)
-            raise failure from None
+            crashed = f"internal error in the token exchange ({type(exc).__name__})"
+            raise self._remember_failure(key, entry, EntraUnavailable(crashed)) from None
         finally:
             entry.inflight = None
         identity.pending, identity.pending_until = None, _NEVER
@@ -406,7 +411,8 @@ class TokenCache:
         entry.failures = 0
         entry.blocked_until = _NEVER
 
-    def _remember_failure(self, key: TokenKey, entry: _Entry, exc: TokenError) -> None:
+    def _remember_failure(self, key: TokenKey, entry: _Entry, exc: TokenError) -> TokenError:
+        """Record `exc` for `key`; returns it, for the caller to raise."""
         now = self._clock()
         self.stats.exchange_failures += 1
         entry.failure = exc.again()
@@ -446,6 +452,7 @@ class TokenCache:
             retry_in=round(max(entry.blocked_until - now, 0.0), 3),
             serving_cached_token=serving,
         )
+        return exc
 
     def _backoff(self, failures: int) -> float:
         """Exponential backoff with jitter in [half, full] of the step (decorrelates fleets)."""
