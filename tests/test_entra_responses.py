@@ -6,6 +6,7 @@ A minimal TLS server stands in for Entra ID here; MSAL talks to it for real.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from proxy.assertion import AssertionSource
 from proxy.devissuer.pki import generate_tls_files
-from proxy.tokens.entra import EntraExchange
+from proxy.tokens.entra import EntraExchange, SharedTlsAdapter
 from proxy.tokens.errors import (
     EntraRejected,
     EntraThrottled,
@@ -118,6 +119,43 @@ async def test_a_json_answer_still_gives_a_token(endpoint: Endpoint, tmp_path: P
     )
     token = await exchange_for(endpoint, tmp_path)(KEY)
     assert token.value == "eyJ.a.b" and 3590 < token.expires_on - time.time() <= 3599
+
+
+async def test_concurrent_exchanges_share_one_tls_context(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    """One context (and one loaded CA bundle) for every connection, however many threads
+    exchange at once; each connection still verified the server against it."""
+    endpoint.answer.body = json.dumps(
+        {"token_type": "Bearer", "expires_in": 3599, "access_token": "eyJ.a.b"}
+    )
+    exchange = exchange_for(endpoint, tmp_path)
+    keys = [TokenKey(TENANT, KEY.client_id, f"https://r{i}.example/.default") for i in range(4)]
+    tokens = await asyncio.gather(*(exchange(k) for k in keys))
+    assert [t.value for t in tokens] == ["eyJ.a.b"] * 4
+    adapter = exchange._http._session.get_adapter(endpoint.authority_host)
+    assert isinstance(adapter, SharedTlsAdapter)
+    pools = adapter.poolmanager.pools
+    keys = pools.keys()  # the container itself cannot be iterated
+    connections = [c for key in keys for c in pools[key].pool.queue if c is not None]
+    sockets = [c.sock for c in connections if c.sock is not None]
+    assert sockets, "the pool kept no connection to look at"
+    assert all(s.context is adapter._context for s in sockets)
+    assert all(s.getpeercert() for s in sockets)  # verified: the peer's certificate is known
+
+
+async def test_a_server_the_ca_bundle_does_not_vouch_for_is_refused(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    other = generate_tls_files(tmp_path / "other-pki")
+    exchange = EntraExchange(
+        endpoint.authority_host,
+        exchange_for(endpoint, tmp_path)._assertion,
+        ca_bundle=str(other.ca_bundle),
+        timeout=5,
+    )
+    with pytest.raises(EntraUnavailable, match="TLS verification failed"):
+        await exchange(KEY)
 
 
 def entra_error(code: int, error: str, message: str) -> str:

@@ -18,7 +18,9 @@ from typing import Any
 
 import msal
 import requests
+import requests.adapters
 from msal.exceptions import MsalServiceError
+from urllib3.util.ssl_ import create_urllib3_context
 
 from proxy.assertion import AssertionSource
 from proxy.logs import redact_text
@@ -135,6 +137,7 @@ class RecordingHttpClient:
 
     def __init__(self, verify: bool | str, timeout: float, user_agent: str | None = None) -> None:
         self._session = requests.Session()
+        self._session.mount("https://", SharedTlsAdapter())
         self._verify = verify
         if user_agent:
             self._session.headers["User-Agent"] = user_agent
@@ -165,6 +168,27 @@ class RecordingHttpClient:
         self._local.status = response.status_code
         self._local.retry_after = response.headers.get("Retry-After")
         return response
+
+
+class SharedTlsAdapter(requests.adapters.HTTPAdapter):
+    """One TLS context for every connection to Entra ID, direct or through HTTPS_PROXY.
+
+    Without it urllib3 builds a context per connection and loads the CA bundle into each,
+    about 1 MiB apiece: concurrent exchanges (one per worker thread) would keep several
+    alive. urllib3 still sets the verify mode and loads the bundle requests names into
+    this one context (reloading the same certificates adds nothing), and still matches
+    the host name itself, so verification is what it was.
+    """
+
+    def __init__(self) -> None:
+        self._context = create_urllib3_context()
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(*args, ssl_context=self._context, **pool_kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        return super().proxy_manager_for(proxy, ssl_context=self._context, **proxy_kwargs)
 
 
 class _Forgetful(MutableMapping[str, Any]):
