@@ -42,11 +42,13 @@ from proxy.paths import Route, route_for
 from proxy.requestlog import RequestLog, json_field
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import CredentialUnavailable, TokenError
-from proxy.tokens.model import TokenKey
+from proxy.tokens.model import AccessToken, TokenKey
 from proxy.usage import CallerUsage
 
 _TOKEN_PATHS = frozenset((TOKEN_PATH, TOKEN_PATH + "/"))
 _TOKEN_ROUTE = Route("token")
+_Answer = tuple[web.StreamResponse, str]
+"""A response and its request-log fields."""
 JSON_HEADERS = {"Content-Type": JSON}
 MAX_REMEMBERED_QUERIES = 256
 """An app asks with a handful of query strings; a flood of distinct ones costs at most this."""
@@ -152,7 +154,7 @@ class ProxyHttp:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self.last_arrival = time.perf_counter()
         target = request.raw_path
-        path = target.partition("?")[0]
+        path, _, query = target.partition("?")
         # IMDS's own spelling of the token path is matched as it stands; any other spelling
         # is read canonically first (`proxy.paths`), so that no form of an identity path
         # is ever forwarded to the node's IMDS.
@@ -160,7 +162,8 @@ class ProxyHttp:
         name = route.name
         if name == "token":
             event = "received token request"
-            response, extra = await self._token(request)
+            answered = self._token_now(request, query)
+            response, extra = answered or await self._token_later(request, query)
             extra += self._callers.observe(request.headers)
         elif name == "appservice":
             event = "received app service token request"
@@ -189,30 +192,44 @@ class ProxyHttp:
             self._log.write(event, request.method, path, status, elapsed, request_id, extra)
         return response
 
-    async def _token(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
+    def _token_now(self, request: web.BaseRequest, query: str) -> _Answer | None:
+        """What needs no waiting: a refusal, a remembered query's error, a cached token.
+        None: the query is new or the token is not cached (see `_token_later`)."""
         if request.method != "GET":
             return _error(_METHOD_NOT_ALLOWED)
         refused = header_error(request.headers)
         if refused is not None:
             return _error(refused)
-        known = self._queries.get(request.rel_url.raw_query_string)
+        known = self._queries.get(query)
         if known is None:
-            known = await self._remember_query(request)
+            return None
+        if isinstance(known, ImdsError):
+            return _error(known)
+        found = self._cache.lookup(known.key)
+        if found is None:
+            return None
+        return self._token_response(known, found), known.hit
+
+    async def _token_later(self, request: web.BaseRequest, query: str) -> _Answer:
+        known = self._queries.get(query) or await self._remember_query(request, query)
         if isinstance(known, ImdsError):
             return _error(known)
         found = self._cache.lookup(known.key)
         if found is not None:
-            body = known.answer.render(found, self._clock())
-            return web.Response(body=body, headers=JSON_HEADERS), known.hit
+            return self._token_response(known, found), known.hit
         try:
             found = await self._cache.fetch(known.key)
         except TokenError as exc:
             response, extra = _error(error_for(exc))
             return response, known.miss + extra
-        body = known.answer.render(found, self._clock())
-        return web.Response(body=body, headers=JSON_HEADERS), known.miss
+        return self._token_response(known, found), known.miss
 
-    async def _remember_query(self, request: web.BaseRequest) -> _KnownQuery | ImdsError:
+    def _token_response(self, known: _KnownQuery, token: AccessToken) -> web.Response:
+        return web.Response(body=known.answer.render(token, self._clock()), headers=JSON_HEADERS)
+
+    async def _remember_query(
+        self, request: web.BaseRequest, query: str
+    ) -> _KnownQuery | ImdsError:
         """Validate a query once; the same query string always means the same request
         (the traceback of an error would pin this request, so it is dropped)."""
         result: _KnownQuery | ImdsError
@@ -229,7 +246,7 @@ class ProxyHttp:
             result = _KnownQuery(wanted)
         if len(self._queries) >= MAX_REMEMBERED_QUERIES:
             self._queries.clear()
-        self._queries[request.rel_url.raw_query_string] = result
+        self._queries[query] = result
         return result
 
     async def _readyz(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
