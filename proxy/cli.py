@@ -10,11 +10,9 @@ import asyncio
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 
-from proxy import config, logs
+from proxy import config, eventloop, logs
 
 PROBE_TRIES = 7
 PROBE_INTERVAL = 1.0
@@ -54,7 +52,13 @@ def run(settings: config.Settings) -> int:
 
     logs.configure(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve(settings))
+        _, new_loop = eventloop.loop_factory(settings.event_loop)
+    except eventloop.EventLoopUnavailable as exc:
+        print(f"imds-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(serve(settings))
     except OSError as exc:  # e.g. the port is taken
         logs.get_logger("proxy.server").error("cannot start the proxy server", reason=str(exc))
         return 1
@@ -63,6 +67,9 @@ def run(settings: config.Settings) -> int:
 
 def probe(port: int, tries: int = PROBE_TRIES, interval: float = PROBE_INTERVAL) -> int:
     """The upstream postStart hook: wait until /readyz answers 200."""
+    import urllib.error  # here: the server itself never needs urllib's client
+    import urllib.request
+
     url = f"http://127.0.0.1:{port}/readyz"
     for attempt in range(tries):
         try:

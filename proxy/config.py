@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy import __version__
+from proxy import __version__, eventloop
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
@@ -76,6 +76,8 @@ class Settings:
     shutdown_grace: float = 25.0
     """Under the pod's default 30 s terminationGracePeriodSeconds: exit before SIGKILL."""
     drain_idle: float = 3.0
+    event_loop: str = "auto"
+    """`auto` (uvloop when installed), `uvloop` or `asyncio`; see `proxy.eventloop`."""
     entra_timeout: float = 10.0
     cache_max_entries: int = 1024
     rejected_ttl: float = 5.0
@@ -146,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=_DEFAULT["drain_idle"],
         help="on SIGTERM: keep serving until no request came for this many seconds",
+    )
+    add(
+        "--event-loop",
+        default=_DEFAULT["event_loop"],
+        choices=eventloop.CHOICES,
+        help="auto: uvloop when installed, else asyncio's loop (default %(default)s)",
     )
     add(
         "--entra-timeout",
@@ -256,6 +264,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         log_format=args.log_format,
         shutdown_grace=args.shutdown_grace,
         drain_idle=args.drain_idle,
+        event_loop=args.event_loop,
         entra_timeout=args.entra_timeout,
         cache_max_entries=args.cache_max_entries,
         rejected_ttl=args.rejected_ttl,

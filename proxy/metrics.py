@@ -60,8 +60,10 @@ class ProxyCollector(Collector):
         service_account_expiry: Callable[[], float | None],
         clock: Callable[[], float] = time.time,
         usage: CallerUsage | None = None,
+        event_loop: str = "asyncio",
     ) -> None:
         self._usage = usage
+        self._event_loop = event_loop
         self._requests = requests
         self._exchanges = exchanges
         self._cache = cache
@@ -75,9 +77,13 @@ class ProxyCollector(Collector):
         yield from self._expiry_metrics()
         yield from self._caller_metrics()
         info = GaugeMetricFamily(
-            f"{PREFIX}_build_info", "Build information.", labels=["version", "python", "msal"]
+            f"{PREFIX}_build_info",
+            "Build information.",
+            labels=["version", "python", "msal", "event_loop"],
         )
-        info.add_metric([__version__, platform.python_version(), msal.__version__], 1)
+        info.add_metric(
+            [__version__, platform.python_version(), msal.__version__, self._event_loop], 1
+        )
         yield info
 
     def _request_metrics(self) -> Iterator[Metric]:

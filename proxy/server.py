@@ -29,6 +29,7 @@ from proxy.app import Proxy, ProxyHttp
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.counters import ExchangeMetrics, RequestMetrics
+from proxy.eventloop import running_loop_name
 from proxy.forward import Forwarder
 from proxy.identities import IdentityDirectory
 from proxy.logs import get_logger
@@ -37,6 +38,7 @@ from proxy.status import status_page
 from proxy.tokens.cache import CachePolicy, TokenCache
 from proxy.tokens.deferred import DeferredExchange
 from proxy.tokens.errors import CredentialUnavailable
+from proxy.tokens.lean import without_charset_guessing
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -99,6 +101,7 @@ class ProxyServer:
 
     def _build_exchange(self) -> EntraExchange:
         """Runs in a worker thread: the heavy imports (MSAL, requests) happen here."""
+        without_charset_guessing()
         from proxy.tokens.entra import EntraExchange
 
         s = self.settings
@@ -110,7 +113,7 @@ class ProxyServer:
             user_agent=user_agent(),
         )
 
-    def _build_registry(self) -> CollectorRegistry:
+    def _build_registry(self, event_loop: str) -> CollectorRegistry:
         """Runs in a worker thread too: prometheus-client is imported here."""
         from proxy.metrics import ProxyCollector, build_registry
 
@@ -121,6 +124,7 @@ class ProxyServer:
                 self.cache,
                 lambda: self._service_account_expires_at,
                 usage=self.proxy.callers,
+                event_loop=event_loop,
             )
         )
 
@@ -137,7 +141,9 @@ class ProxyServer:
         # Listening: now the heavy imports, off the loop, while /readyz already answers.
         exchange = await self.exchange.load()
         if s.metrics_port:
-            registry = self.registry = await asyncio.to_thread(self._build_registry)
+            registry = self.registry = await asyncio.to_thread(
+                self._build_registry, running_loop_name()
+            )
             metrics = web.AppRunner(
                 self._metrics_app(registry),
                 access_log=None,
@@ -161,6 +167,7 @@ class ProxyServer:
             tenant_id=s.tenant_id,
             client_id=s.client_id,
             authority_host=s.authority_host,
+            event_loop=running_loop_name(),
         )
         if self.proxy.prefetch_keys:
             self._background.append(
