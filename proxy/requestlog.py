@@ -38,6 +38,10 @@ def json_fields(fields: Mapping[str, object]) -> str:
     return "".join(json_field(k, v) for k, v in fields.items())
 
 
+def _escaped(text: str) -> str:
+    return json.dumps(logs.redact_text(text))
+
+
 class RequestLog:
     """Writes request lines; a no-op below info level."""
 
@@ -47,7 +51,7 @@ class RequestLog:
         self._stream = stream
         self._millis = -1
         self._stamp = ""
-        self._escaped: dict[str, str] = {}
+        self._frames: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._ids = itertools.count(1)
         self._flush_armed = False
 
@@ -83,11 +87,11 @@ class RequestLog:
         stream = self._stream
         if stream is None:
             stream = self._stream = logs.stream()
+        frame = self._frames.get((event, method, path)) or self._frame(event, method, path)
         stream.write(
-            f'{{"method": {self._escape(method)}, "path": {self._escape(path)}, '
-            f'"status": {status}, "duration_ms": {seconds * 1000:.3f}, '
-            f'"request_id": {rid}{extra}, "event": {self._escape(event)}, "level": "info", '
-            f'"timestamp": "{self._stamp}"}}\n'
+            f"{frame[0]}{status}, "
+            f'"duration_ms": {seconds * 1000:.3f}, "request_id": {rid}{extra}{frame[1]}'
+            f'{self._stamp}"}}\n'
         )
         if not self._flush_armed:
             self._arm_flush(stream)
@@ -106,13 +110,13 @@ class RequestLog:
         self._flush_armed = False
         stream.flush()
 
-    def _escape(self, text: str) -> str:
-        escaped = self._escaped.get(text)
-        if escaped is None:
-            escaped = json.dumps(logs.redact_text(text))
-            if len(self._escaped) < 256:  # methods, routes: a few; odd paths: not kept
-                self._escaped[text] = escaped
-        return escaped
+    def _frame(self, event: str, method: str, path: str) -> tuple[str, str]:
+        """The line up to its status, and from the event to its timestamp, pre-escaped."""
+        head = f'{{"method": {_escaped(method)}, "path": {_escaped(path)}, "status": '
+        frame = head, f', "event": {_escaped(event)}, "level": "info", "timestamp": "'
+        if len(self._frames) < 256:  # routes by method and event: a few; odd paths: not kept
+            self._frames[(event, method, path)] = frame
+        return frame
 
     def _request_id(self, given: str | None) -> str:
         """The caller's id (Azure SDKs send x-ms-client-request-id), else a counter."""
