@@ -1,7 +1,8 @@
 """The ceiling: an aiohttp server that does nothing but answer a constant body.
 
-Same framework, same event loop, same core and the same response size as the proxy's
-token answer, so the gap between the two is what the proxy itself costs per request.
+Same framework, same core and the same response size as the proxy's token answer. On
+asyncio's own loop it is the ceiling the proxy is held to; `--uvloop` runs it on the loop
+the proxy picks when uvloop is installed, to show how much of the proxy's lead that is.
 
     python -m benchmarks.bare_server --port P --body-size N
 """
@@ -41,9 +42,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--body-size", type=int, required=True)
+    parser.add_argument("--uvloop", action="store_true", help="on uvloop, for comparison")
     args = parser.parse_args(argv)
     app = create_app(constant_body(args.body_size))
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    loop = None
+    if args.uvloop:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,28 @@
 """Resident memory of a process, and of a process that only imports the proxy's libraries.
 
-The import-only process is the floor for any Python sidecar built on these libraries:
-comparing the proxy's idle RSS with it shows what the proxy's own state costs, apart
-from the interpreter and its dependencies.
+The import-only process is the floor for any Python sidecar built on these libraries,
+imported as the proxy imports them (uvloop where installed, requests without its
+character-set guesser): comparing the proxy's idle RSS with it shows what the proxy's own
+state costs, apart from the interpreter and its dependencies.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.processes import first_line
 
-BASELINE_MODULES = ("aiohttp", "msal", "structlog", "prometheus_client", "requests")
+BASELINE_MODULES = (
+    "aiohttp.web",
+    "msal",
+    "structlog",
+    "prometheus_client",
+    "requests",
+    *(("uvloop",) if importlib.util.find_spec("uvloop") else ()),
+)
 START_TIMEOUT = 30.0
 SLEEP_LIMIT = 120
 """The baseline process sleeps at most this long, should nobody stop it."""
@@ -30,7 +39,11 @@ def rss_kib(pid: int) -> int:
 def import_baseline_kib(modules: tuple[str, ...] = BASELINE_MODULES) -> int:
     """RSS of a fresh interpreter once it has imported `modules` (and is idle)."""
     code = (
-        f"import {', '.join(modules)}, time; print('ready', flush=True); time.sleep({SLEEP_LIMIT})"
+        "from proxy.tokens.lean import without_charset_guessing\n"
+        "without_charset_guessing()\n"
+        f"import {', '.join(modules)}, time\n"
+        f"print('ready', flush=True)\n"
+        f"time.sleep({SLEEP_LIMIT})\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code],

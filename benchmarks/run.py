@@ -68,10 +68,12 @@ class Config:
 
     name: str
     proxy_args: tuple[str, ...] | None  # None: the bare server
+    bare_args: tuple[str, ...] = ()
 
 
 CONFIGS = (
     Config("bare", None),
+    Config("bare-uvloop", None, ("--uvloop",)),
     Config("proxy-info", ()),
     Config("proxy-warning", ("--log-level", "warning")),
 )
@@ -125,7 +127,9 @@ def running_proxy(entra: FakeEntra, workdir: Path, args: Sequence[str]) -> Itera
 
 
 @contextlib.contextmanager
-def running_bare(workdir: Path, body_size: int) -> Iterator[tuple[int, str]]:
+def running_bare(
+    workdir: Path, body_size: int, args: Sequence[str] = ()
+) -> Iterator[tuple[int, str]]:
     """The bare server on the server core; yields its pid and token URL."""
     port = free_port()
     command = [
@@ -135,6 +139,7 @@ def running_bare(workdir: Path, body_size: int) -> Iterator[tuple[int, str]]:
         "benchmarks.bare_server",
         f"--port={port}",
         f"--body-size={body_size}",
+        *args,
     ]
     url = f"http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01"
     with open(workdir / f"bare-{port}.log", "ab") as log:
@@ -185,11 +190,16 @@ def load(pid: int, url: str, opts: Options) -> dict[str, Any]:
     return {**result.as_dict(), "cpu_us_per_request": 1e6 * cpu / max(result.requests, 1)}
 
 
-def measure_bare(workdir: Path, body_size: int, opts: Options) -> dict[str, Any]:
-    with running_bare(workdir, body_size) as (pid, url):
+def measure_bare(
+    workdir: Path, body_size: int, opts: Options, args: Sequence[str] = ()
+) -> dict[str, Any]:
+    with running_bare(workdir, body_size, args) as (pid, url):
         answer = fetch_token(url)
+        time.sleep(SETTLE)
+        rss_idle = memory.rss_kib(pid)
         return {
             "body_bytes": len(answer.content),
+            "rss_idle_kib": rss_idle,
             "wrk": load(pid, url, opts),
             "rss_after_kib": memory.rss_kib(pid),
         }
@@ -379,12 +389,12 @@ def summarise(rounds: list[dict[str, Any]], baseline_kib: float) -> dict[str, di
                 ]
             ),
             "rss_after_kib": _median([x["rss_after_kib"] for x in runs]),
+            "rss_idle_kib": _median([x["rss_idle_kib"] for x in runs]),
         }
         if config.proxy_args is not None:
             calls = sum(x["entra_calls"] for x in runs)
             figures["entra_calls"] = calls
             figures["entra_per_1k"] = 1000 * calls / max(figures["requests"], 1)
-            figures["rss_idle_kib"] = _median([x["rss_idle_kib"] for x in runs])
             figures["rss_idle_ratio"] = figures["rss_idle_kib"] / baseline_kib
         summary[config.name] = figures
     return summary
@@ -594,7 +604,9 @@ def render(results: dict[str, Any]) -> str:
         "CPU ratio: bare CPU/req over this server's (the throughput ratio on a quiet core).",
         "",
         f"Import-only baseline RSS: {_mib(baseline)} MiB "
-        f"(python -c 'import {', '.join(memory.BASELINE_MODULES)}')",
+        f"(python -c 'import {', '.join(memory.BASELINE_MODULES)}'); the bare aiohttp server "
+        f"idle: {_mib(results['summary']['bare']['rss_idle_kib'])} MiB. Both are floors the "
+        "proxy's own state comes on top of.",
         f"Cold stampede: {burst['requests']} concurrent first requests, Entra delay "
         f"{STAMPEDE_DELAY}s -> {burst['entra_calls']} Entra call(s), statuses "
         f"{burst['statuses']}, {burst['distinct_tokens']} distinct token(s), "
@@ -654,7 +666,7 @@ def benchmark(opts: Options, workdir: Path) -> dict[str, Any]:
             this: dict[str, Any] = {}
             for config in CONFIGS:
                 if config.proxy_args is None:
-                    this[config.name] = measure_bare(workdir, body_size, opts)
+                    this[config.name] = measure_bare(workdir, body_size, opts, config.bare_args)
                 else:
                     this[config.name] = measure_proxy(entra, workdir, config.proxy_args, opts)
                 w = this[config.name]["wrk"]
