@@ -33,6 +33,16 @@ class ServiceAccountToken:
         return f"ServiceAccountToken(expires_at={self.expires_at})"
 
 
+ROTATION_RETRIES = 3
+"""Reads retried when the file is missing. kubelet rotates by pointing `..data` at a new
+directory and then deleting the old one: a read that resolved the old link just before
+finds nothing, and the very next read finds the new token."""
+
+
+class _Rotating(Exception):
+    """The file was not there on this read (mid-rotation, or really missing)."""
+
+
 class AssertionSource:
     """Reads the federated token file, re-reading only when kubelet replaced it.
 
@@ -48,12 +58,27 @@ class AssertionSource:
 
     def current(self) -> ServiceAccountToken:
         """The current, unexpired token. Raises `CredentialUnavailable` saying why not."""
+        for attempt in range(ROTATION_RETRIES + 1):
+            try:
+                token = self._load()
+                break
+            except _Rotating:
+                if attempt == ROTATION_RETRIES:
+                    raise CredentialUnavailable(
+                        f"service-account token file {self.path} does not exist"
+                    ) from None
+        if token.expires_at is not None and token.expires_at <= self._clock():
+            raise CredentialUnavailable(
+                f"service-account token in {self.path} expired at {token.expires_at:.0f}"
+            )
+        return token
+
+    def _load(self) -> ServiceAccountToken:
+        """The token as the file holds it now; `_Rotating` when it is not there."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            raise CredentialUnavailable(
-                f"service-account token file {self.path} does not exist"
-            ) from None
+            raise _Rotating from None
         except OSError as exc:
             raise CredentialUnavailable(
                 f"service-account token file {self.path} cannot be read: {exc.strerror}"
@@ -63,12 +88,7 @@ class AssertionSource:
             if identity != self._identity or self._token is None:
                 self._token = self._read()
                 self._identity = identity
-            token = self._token
-        if token.expires_at is not None and token.expires_at <= self._clock():
-            raise CredentialUnavailable(
-                f"service-account token in {self.path} expired at {token.expires_at:.0f}"
-            )
-        return token
+            return self._token
 
     def __call__(self) -> str:
         """The assertion itself, as MSAL's `client_assertion` callable wants it."""
@@ -78,6 +98,8 @@ class AssertionSource:
         try:
             with open(self.path, encoding="ascii") as fh:
                 value = fh.read().strip()
+        except FileNotFoundError:
+            raise _Rotating from None
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "it is not ASCII text"
             raise CredentialUnavailable(

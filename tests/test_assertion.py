@@ -6,6 +6,8 @@ import base64
 import builtins
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from proxy import assertion
 from proxy.assertion import AssertionSource
+from proxy.devissuer.satoken import write_projected_token
 from proxy.tokens.errors import CredentialUnavailable
 from tests.clock import T0, FakeClock
 
@@ -288,3 +291,44 @@ def test_repr_never_shows_the_token(token_path: Path, clock: FakeClock) -> None:
 def test_an_absurd_exp_does_not_crash_the_reader(token_path: Path, clock: FakeClock) -> None:
     token_path.write_text(make_jwt(exp=10**400))
     assert AssertionSource(str(token_path), clock).current().expires_at is None
+
+
+def test_reads_during_rotations_never_fail(tmp_path: Path, clock: FakeClock) -> None:
+    """kubelet deletes the old payload directory right after swapping `..data`: a read that
+    resolved the old link just before finds no file. The source reads again instead of
+    failing the exchange (or flapping readiness) mid-rotation."""
+    tokens = [make_jwt(exp=T0 + 3600), make_jwt(exp=T0 + 7200)]
+    path = write_projected_token(tmp_path, NAME, tokens[0])
+    source = AssertionSource(str(path), clock)
+    problems: list[BaseException] = []
+    reads = 0
+    stop = threading.Event()
+
+    def reader() -> None:
+        nonlocal reads
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                assert source() in tokens
+                reads += 1
+            except BaseException as exc:
+                problems.append(exc)
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(1000):
+            write_projected_token(tmp_path, NAME, tokens[i % 2])
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not problems and reads > 0
+
+
+def test_a_file_still_missing_after_the_retries_is_reported(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    source = AssertionSource(str(tmp_path / NAME), clock)
+    with pytest.raises(CredentialUnavailable, match="does not exist"):
+        source.current()
