@@ -6,7 +6,6 @@ Exit codes: 0 normal stop or probe success, 1 probe failure, 2 bad configuration
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
@@ -52,12 +51,12 @@ def run(settings: config.Settings) -> int:
 
     logs.configure(settings.log_level, settings.log_format)
     try:
-        _, new_loop = eventloop.loop_factory(settings.event_loop)
+        runner = eventloop.runner(settings.event_loop)
     except eventloop.EventLoopUnavailable as exc:
         print(f"imds-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        with asyncio.Runner(loop_factory=new_loop) as runner:
+        with runner:
             runner.run(serve(settings))
     except OSError as exc:  # e.g. the port is taken
         logs.get_logger("proxy.server").error("cannot start the proxy server", reason=str(exc))

@@ -8,14 +8,13 @@ would configure it in a pod, so the same MSAL code path runs as in production.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import config, logs
+from proxy import config, eventloop, logs
 
 DEMO_RESOURCE = "https://management.azure.com/"
 
@@ -33,9 +32,14 @@ def run_dev(argv: Sequence[str]) -> int:
     logs.configure(
         parsed.log_level if parsed.log_level in config.LOG_LEVELS else "info", parsed.log_format
     )
-    with tempfile.TemporaryDirectory(prefix="imds-proxy-dev-") as workdir:
+    try:
+        runner = eventloop.runner(parsed.event_loop)  # the loop the sidecar would run on
+    except eventloop.EventLoopUnavailable as exc:
+        print(f"imds-proxy dev: configuration error: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="imds-proxy-dev-") as workdir, runner:
         try:
-            asyncio.run(_serve_with_issuer(parsed, Path(workdir)))
+            runner.run(_serve_with_issuer(parsed, Path(workdir)))
         except config.ConfigError as exc:
             print(f"imds-proxy dev: configuration error: {exc}", file=sys.stderr)
             return 2

@@ -17,17 +17,22 @@ class EventLoopUnavailable(RuntimeError):
     """`--event-loop uvloop` was asked for and uvloop cannot be imported."""
 
 
-def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """The name of the loop that will run and a factory for it (for `asyncio.Runner`)."""
+def runner(choice: str) -> asyncio.Runner:
+    """An `asyncio.Runner` on the loop `choice` names; raises `EventLoopUnavailable` before
+    anything runs (so no coroutine is left unawaited)."""
+    return asyncio.Runner(loop_factory=_loop_factory(choice))
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if choice == "asyncio":
-        return "asyncio", asyncio.new_event_loop
+        return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
         if choice == "uvloop":
             raise EventLoopUnavailable("--event-loop uvloop: uvloop is not installed") from None
-        return "asyncio", asyncio.new_event_loop
-    return "uvloop", uvloop.new_event_loop
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def running_loop_name() -> str:

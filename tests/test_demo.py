@@ -49,4 +49,6 @@ def test_make_demo_serves_a_token_to_curl(tmp_path: Path) -> None:
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C at the terminal
         demo.wait(timeout=30)
     # make itself reports the interrupt; the proxy under it must have stopped cleanly.
-    assert "stopped the proxy server" in log.read_text(errors="replace")
+    text = log.read_text(errors="replace")
+    assert "stopped the proxy server" in text
+    assert '"event_loop": "uvloop"' in text  # the demo runs on the loop the sidecar runs on
