@@ -6,8 +6,6 @@ import base64
 import builtins
 import json
 import os
-import threading
-import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +16,7 @@ from proxy.assertion import AssertionSource
 from proxy.devissuer.satoken import write_projected_token
 from proxy.tokens.errors import CredentialUnavailable
 from tests.clock import T0, FakeClock
+from tests.rotation import read_while_rotating
 
 NAME = "azure-identity-token"
 
@@ -300,29 +299,11 @@ def test_reads_during_rotations_never_fail(tmp_path: Path, clock: FakeClock) -> 
     tokens = [make_jwt(exp=T0 + 3600), make_jwt(exp=T0 + 7200)]
     path = write_projected_token(tmp_path, NAME, tokens[0])
     source = AssertionSource(str(path), clock)
-    problems: list[BaseException] = []
-    reads = 0
-    stop = threading.Event()
 
-    def reader() -> None:
-        nonlocal reads
-        deadline = time.monotonic() + 30
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                assert source() in tokens
-                reads += 1
-            except BaseException as exc:
-                problems.append(exc)
-                return
+    def read() -> None:
+        assert source() in tokens
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
-        for i in range(1000):
-            write_projected_token(tmp_path, NAME, tokens[i % 2])
-    finally:
-        stop.set()
-        thread.join(30)
+    problems, reads = read_while_rotating(tmp_path, NAME, tokens, 1000, read)
     assert not problems and reads > 0
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +31,7 @@ from tests.fake_entra import (  # noqa: F401
     fake_entra_fixture,
     fake_entra_process_fixture,
 )
+from tests.rotation import read_while_rotating
 
 TIMEOUT = 10.0
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -480,31 +481,15 @@ def test_atomic_writer_never_shows_a_partial_token(tmp_path: Path) -> None:
     tokens += [mint_service_account_token(key, "https://i.test", "system:serviceaccount:a:c")]
     path = write_projected_token(tmp_path, "token", tokens[0])
     seen: set[str] = set()
-    problems: list[BaseException] = []
-    stop = threading.Event()
 
-    def reader() -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                seen.add(path.read_text())
-            except FileNotFoundError:
-                # As with kubelet: a read that resolved `..data` just before the swap finds
-                # the old directory gone; the next read sees the new token (the proxy's
-                # reader retries, tests/test_assertion.py). Never a partial token, though.
-                continue
-            except BaseException as exc:
-                problems.append(exc)
-                return
+    def read() -> None:
+        # As with kubelet: a read that resolved `..data` just before the swap finds the old
+        # directory gone; the next read sees the new token (the proxy's reader retries,
+        # tests/test_assertion.py). Never a partial token, though.
+        with contextlib.suppress(FileNotFoundError):
+            seen.add(path.read_text())
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
-        for i in range(200):
-            write_projected_token(tmp_path, "token", tokens[i % 2])
-    finally:
-        stop.set()
-        thread.join(TIMEOUT)
+    problems, _ = read_while_rotating(tmp_path, "token", tokens, 200, read)
     assert not problems
     assert seen <= set(tokens)
     entries = sorted(p.name for p in tmp_path.iterdir())
