@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy import __version__, eventloop
+from proxy import __version__
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
@@ -56,6 +56,11 @@ class IdentitySpec:
     client_id: str
     object_id: str | None = None
     resource_id: str | None = None
+
+
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+"""`--event-loop` values (`proxy.eventloop` runs them); here, so that reading flags does
+not import asyncio (the `--probe` hook and the report and inject commands never need it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--event-loop",
         default=_DEFAULT["event_loop"],
-        choices=eventloop.CHOICES,
+        choices=EVENT_LOOPS,
         help="auto: uvloop when installed, else asyncio's loop (default %(default)s)",
     )
     add(

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-CHOICES = ("auto", "uvloop", "asyncio")
-
 
 class EventLoopUnavailable(RuntimeError):
     """`--event-loop uvloop` was asked for and uvloop cannot be imported."""
