@@ -68,6 +68,10 @@ def test_cached_token_is_served_while_entra_is_down(fake_entra: FakeEntra, tmp_p
             time.sleep(0.1)
         assert fake_entra.stats()["token_requests"]["by_outcome"].get("failed", 0) >= 1
         assert "imds_proxy_cache_refreshes_total 1.0" in proxy.metrics()
+        again = requests.get(proxy.url(ARM), headers=META, timeout=10)
+        assert again.json()["access_token"] == first["access_token"]
+        time.sleep(1.1)  # the exposition is rendered at most once a second
+        assert "imds_proxy_cache_stale_served_total 1.0" in proxy.metrics()
         proxy.stop()
     failed = [line for line in proxy.logs() if line["event"] == "token exchange failed"]
     assert failed and failed[0]["serving_cached_token"] is True

@@ -193,6 +193,8 @@ class TokenCache:
             if now >= entry.stale_at:
                 return None
             self._refresh_in_background(key, entry, now)
+            if entry.failure is not None:  # its refresh is failing: served despite it
+                self.stats.stale_served += 1
         self._entries.move_to_end(key)
         self.stats.hits += 1
         return entry.token
