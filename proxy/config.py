@@ -18,6 +18,8 @@ from proxy import __version__
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
+DEFAULT_PROXY_PORT = 8000
+"""Upstream's default `proxy-sidecar-port`."""
 DEFAULT_METRICS_PORT = 14637
 """Off the ports apps use (8080, 9090, 9100...); why this one: README, "Ports"."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -71,7 +73,7 @@ class Settings:
     authority_host: str = DEFAULT_AUTHORITY_HOST
     ca_bundle: str | None = None
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = DEFAULT_PROXY_PORT
     imds_upstream: str | None = DEFAULT_IMDS_UPSTREAM
     """Where allowlisted, non-identity metadata requests go; None: not forwarded."""
     metrics_host: str = "0.0.0.0"
