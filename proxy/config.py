@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy import __version__
+from proxy import __version__, cliparse
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
@@ -101,15 +101,13 @@ _DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.def
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliparse.Parser(
         prog="imds-proxy",
         description="Answer IMDS managed-identity token requests with Entra Workload ID tokens.",
         epilog="Environment: AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (required), "
         "AZURE_CLIENT_ID (the default identity), AZURE_AUTHORITY_HOST, REQUESTS_CA_BUNDLE, "
         "HTTPS_PROXY/NO_PROXY, IDENTITY_HEADER (the App Service endpoint's secret), "
-        f"{IDENTITIES_ENV} (--identity specs separated by ';'). "
-        "Subcommands: `imds-proxy dev` runs it against a local issuer, "
-        "`imds-proxy doctor` checks the setup and prints how to fix it.",
+        f"{IDENTITIES_ENV} (--identity specs separated by ';').",
     )
     add = parser.add_argument
     add(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy import config
+from proxy import cliparse, config
 from proxy.inject import additions, ledger, locate, takeback, yamlio
 
 _DEFAULTS = additions.Sidecar()
@@ -21,7 +21,7 @@ _BATCH = ("Job", "CronJob")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliparse.Parser(
         prog="imds-proxy inject",
         description="Add the IMDS proxy sidecar, the init container and the Workload ID "
         "identity to Kubernetes manifests (Pod, Deployment, StatefulSet, DaemonSet, "

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from proxy import config
+from proxy import cliparse, config
 from proxy.report.verdict import DEFAULT_QUIET_DAYS, verdict
 
 TIMEOUT = 5.0
@@ -24,7 +24,7 @@ DEFAULT_METRICS_PORT: int = config.build_parser().get_default("metrics_port")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliparse.Parser(
         prog="imds-proxy report",
         description="Which SDKs still ask this sidecar for tokens, and whether it can be removed.",
     )
