@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("proxy.doctor:main", "check this pod's Workload ID setup, say how to fix it"),
     "report": ("proxy.report:main", "which SDKs still call IMDS; when the sidecar can go"),
     "inject": ("proxy.inject.cli:main", "add the sidecar to Kubernetes manifests"),
+    "webhook": ("proxy.webhook.cli:main", "the admission webhook that adds it to pods"),
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 from proxy import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ["run", "dev", "doctor", "report", "inject"]
+COMMANDS = ["run", "dev", "doctor", "report", "inject", "webhook"]
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -54,6 +54,7 @@ def test_each_command_has_its_own_help(name: str) -> None:
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--proxy-port", "eight"], "--proxy-port"),
         (["inject", "--bogus"], "imds-proxy inject: error: unrecognized arguments"),
+        (["webhook", "--sidecar", "sometimes"], "imds-proxy webhook: error:"),
         (["report", "--days", "x"], "imds-proxy report: error:"),
     ],
 )

@@ -22,6 +22,8 @@ from proxy.inject.ledger import Ledger, resolve
 
 PROXY = "azwi-proxy"
 PROXY_INIT = "azwi-proxy-init"
+PROXY_NAMES = (PROXY, PROXY_INIT)
+"""Upstream's names too: a pod has one proxy, whichever webhook or tool added it."""
 TOKEN_VOLUME = "azure-identity-token"
 TOKEN_DIR = "/var/run/secrets/azure/tokens"
 TOKEN_AUDIENCE = "api://AzureADTokenExchange"
@@ -92,10 +94,7 @@ def proxy_containers(pod: Any) -> list[str]:
     """Names of the proxy containers the pod already has (this project's or upstream's)."""
     spec = pod.get("spec") or {}
     found = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    return [str(c["name"]) for c in found if isinstance(c, dict) and c.get("name") in _OURS]
-
-
-_OURS = (PROXY, PROXY_INIT)
+    return [str(c["name"]) for c in found if isinstance(c, dict) and c.get("name") in PROXY_NAMES]
 
 
 def inject(
@@ -118,6 +117,8 @@ def inject(
     apps = [("containers", c) for c in spec.get("containers") or []]
     inits = [("initContainers", c) for c in spec.get("initContainers") or []]
     for where, container in [*inits, *apps]:
+        if container["name"] in PROXY_NAMES:
+            continue  # built with what they need (or another webhook's: theirs to fill)
         path = f"spec.{where}[{container['name']}]"
         if identity is not None and container["name"] not in identity.skip_containers:
             _add_env(ledger, pod, path, _identity_env(identity))
