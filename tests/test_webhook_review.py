@@ -320,6 +320,17 @@ async def test_host_network_pods_get_no_proxy(webhook: Webhook) -> None:
     assert response["allowed"] is False and "hostNetwork" in response["status"]["message"]
 
 
+async def test_a_classic_sidecar_in_a_jobs_pod_is_warned_about(webhook: Webhook) -> None:
+    webhook.configure(sidecar="classic")
+    pod = _guide_pod()
+    pod["metadata"]["ownerReferences"] = [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "migrate", "uid": "u", "controller": True}
+    ]
+    response, patched = await webhook.review(pod)
+    assert any("keeps a Job's pod running" in w for w in response["warnings"])
+    assert patched["spec"]["containers"][0]["name"] == "azwi-proxy"
+
+
 # -- namespace opt-in and pod opt-out ------------------------------------------------------
 
 
@@ -350,6 +361,15 @@ async def test_the_opt_out_annotation(webhook: Webhook, api: KubeStandIn) -> Non
     assert "initContainers" not in patched["spec"]
     assert _env(_container(patched, "app"))["AZURE_CLIENT_ID"] == CLIENT
     assert _decisions(patched)["proxy"] == "opted out"
+
+
+async def test_host_network_pods_of_a_labelled_namespace_are_admitted_unchanged(
+    webhook: Webhook,
+) -> None:
+    pod = _pod(hostNetwork=True)
+    response, patched = await webhook.review(pod, namespace="legacy")
+    assert response["allowed"] is True and patched == pod
+    assert "hostNetwork pod: no proxy from the namespace label" in response["warnings"][0]
 
 
 # -- carry-over from pod-managed identity ---------------------------------------------------

@@ -99,10 +99,20 @@ class Mutator:
         if not asked.complete:
             ns = await self._read(f"/api/v1/namespaces/{case.namespace}", "namespace")
             from_namespace = asks.namespace_opted_in(ns) and not asked.opted_out
-        want_proxy = (asked.proxy and not asked.opted_out) or from_namespace
+        own_proxy = asked.proxy and not asked.opted_out
+        if from_namespace and not own_proxy and pod["spec"].get("hostNetwork") is True:
+            # A DaemonSet's node agent in an opted-in namespace: refusing it would stop the
+            # DaemonSet; the namespace's default just does not apply to it.
+            from_namespace = False
+            case.warnings.append(
+                f"{WHO}: hostNetwork pod: no proxy from the namespace label "
+                "(the redirect would capture the node's IMDS traffic)"
+            )
+        want_proxy = own_proxy or from_namespace
         if not (asked.identity or want_proxy):
             why = "opted out" if asked.opted_out else "not asked"
-            return case.outcome(review.allowed(case.uid), "unchanged", why)
+            answer = review.allowed(case.uid, warnings=case.warnings)
+            return case.outcome(answer, "unchanged", why)
         decisions["asked"] = _why(asked, from_namespace)
         add, replace = self._proxy_plan(case, want_proxy, asked.opted_out)
         identity = await self._identity(case, asked, adding_proxy=add)
@@ -212,6 +222,12 @@ class Mutator:
             log_level=s.proxy_log_level,
             proxy_env=extra,
         )
+        owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+        if sidecar.classic and any(o.get("kind") == "Job" for o in owners):
+            case.warnings.append(
+                f"{WHO}: a classic sidecar keeps a Job's pod running after the app exits "
+                "(native sidecars need Kubernetes 1.29+: --sidecar native)"
+            )
         form = "classic" if sidecar.classic else "native"
         case.decisions["proxy"] += f" ({form} sidecar, {sidecar.mode}, port {sidecar.proxy_port})"
         return sidecar
