@@ -9,20 +9,23 @@ answer late; `seen` records each request's path and Authorization header.
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 from pathlib import Path
 from typing import Any, Self
 
 from aiohttp import web
 
+from proxy.devissuer.pki import TlsFiles
 from tests.proxy_process import free_port
 
 PODID = "/apis/aadpodidentity.k8s.io/v1"
 
 
 class KubeStandIn:
-    def __init__(self, version: str = "v1.33.1") -> None:
+    def __init__(self, version: str = "v1.33.1", tls: TlsFiles | None = None) -> None:
         self.version = version
+        self.tls = tls
         self.objects: dict[str, dict[str, Any]] = {}
         self.crds = True
         self.fail: dict[str, int] = {}
@@ -36,13 +39,18 @@ class KubeStandIn:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def kubeconfig(self, directory: Path, token: str = "stand-in-token") -> Path:
+        """A kubeconfig for it: the token, and over TLS the CA as certificate-authority-data."""
         path = directory / "kubeconfig"
+        ca = ""
+        if self.tls:
+            data = base64.b64encode(self.tls.ca_bundle.read_bytes()).decode()
+            ca = f"    certificate-authority-data: {data}\n"
         path.write_text(
             "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
-            f"clusters:\n- name: test\n  cluster:\n    server: {self.url}\n"
+            f"clusters:\n- name: test\n  cluster:\n    server: {self.url}\n{ca}"
             f"users:\n- name: test\n  user:\n    token: {token}\n"
             "contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n"
         )
@@ -101,7 +109,8 @@ class KubeStandIn:
         app.router.add_get("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        ssl_context = self.tls.server_context() if self.tls else None
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ssl_context)
         self._loop.run_until_complete(site.start())
         self._started.set()
         self._loop.run_forever()
