@@ -9,6 +9,7 @@ configuration's choices are the documented ones, and the system namespaces stay 
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from proxy.devissuer.pki import generate_tls_files
 from proxy.webhook import asks, settings
+from tests.webhook_registration import loopback_configuration
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "webhook"
@@ -174,3 +177,17 @@ def test_rbac_reads_only_what_the_webhook_reads() -> None:
     ]
     pod = _one("Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == account["name"]
+
+
+def test_the_loopback_registration_is_the_shipped_one_with_a_url(tmp_path: Path) -> None:
+    """What the real-cluster tier registers: valid, and differing only in clientConfig."""
+    tls = generate_tls_files(tmp_path)
+    config = loopback_configuration(9443, tls.ca_bundle.read_bytes())
+    kubernetes_validate.validate(config, K8S_VERSION, strict=True)
+    shipped = _one("MutatingWebhookConfiguration")
+    for ours, theirs in zip(config["webhooks"], shipped["webhooks"], strict=True):
+        assert ours["clientConfig"]["url"] == "https://127.0.0.1:9443/mutate-v1-pod"
+        assert base64.b64decode(ours["clientConfig"]["caBundle"]) == tls.ca_bundle.read_bytes()
+        assert {k: v for k, v in ours.items() if k != "clientConfig"} == {
+            k: v for k, v in theirs.items() if k != "clientConfig"
+        }
