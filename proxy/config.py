@@ -28,6 +28,8 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _TENANT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
+IDENTITY_SOURCE_ENV = "IMDS_PROXY_IDENTITY_SOURCE"
+"""Set by `imds-proxy webhook`: where the pod's client id came from, for the report."""
 IDENTITIES_ENV = "IMDS_PROXY_IDENTITIES"
 """Identity mappings from the environment: `--identity` specs separated by `;` or spaces."""
 _RESOURCE_ID_PREFIX = "/subscriptions/"
@@ -94,6 +96,8 @@ class Settings:
     identity_header: str | None = field(default=None, repr=False)
     """The App Service endpoint's expected secret (env IDENTITY_HEADER); never printed."""
     identity_header_file: str | None = None
+    identity_source: str | None = None
+    """Where the webhook found the client id (env IMDS_PROXY_IDENTITY_SOURCE); reported."""
 
 
 _DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
@@ -278,6 +282,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         identities=identities,
         identity_header=environ.get("IDENTITY_HEADER", "").strip() or None,
         identity_header_file=identity_header_file,
+        identity_source=environ.get(IDENTITY_SOURCE_ENV, "").strip() or None,
     )
 
 

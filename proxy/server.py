@@ -259,7 +259,9 @@ class ProxyServer:
             return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         async def report(request: web.Request) -> web.Response:
-            return web.json_response(self.proxy.callers.report())  # the migration report
+            report = self.proxy.callers.report()  # the migration report
+            report["identity_source"] = self.settings.identity_source
+            return web.json_response(report)
 
         async def status(request: web.Request) -> web.Response:
             return web.json_response(await status_page(self.proxy))  # readiness, last failure

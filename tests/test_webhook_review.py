@@ -166,11 +166,21 @@ def _decisions(pod: Obj) -> Obj:
 
 
 def _strip_ours(pod: Obj) -> Obj:
-    """The pod without this project's bookkeeping (ledger, decisions, seccomp)."""
-    pod = copy.deepcopy(pod)
+    """The pod without this project's bookkeeping (ledger, decisions, seccomp, source)."""
+    pod = _without_source(pod)
     for key in (LEDGER, DECISIONS):
         pod["metadata"]["annotations"].pop(key)
     assert _container(pod, "azwi-proxy")["securityContext"].pop("seccompProfile")
+    return pod
+
+
+def _without_source(pod: Obj) -> Obj:
+    """The pod without the proxy's IMDS_PROXY_IDENTITY_SOURCE (checked: it is there)."""
+    pod = copy.deepcopy(pod)
+    proxy = _container(pod, "azwi-proxy")
+    sources = [e for e in proxy["env"] if e["name"] == "IMDS_PROXY_IDENTITY_SOURCE"]
+    assert len(sources) == 1 and sources[0]["value"].startswith("client id ")
+    proxy["env"].remove(sources[0])
     return pod
 
 
@@ -211,7 +221,7 @@ async def test_same_mutation_as_inject(webhook: Webhook, tmp_path: Path) -> None
     out.write_text(buffer.getvalue())
     injected = yaml.safe_load(out.read_text())
     del patched["metadata"]["annotations"][DECISIONS]
-    assert patched == injected
+    assert _without_source(patched) == injected
 
 
 async def test_proxy_port_annotation(webhook: Webhook) -> None:
@@ -408,6 +418,11 @@ async def test_aadpodidbinding_gives_the_client_id(
     # Callers that asked pod identity for mi_res_id=... still find it.
     proxy_env = _env(_container(patched, "azwi-proxy"))
     assert proxy_env["IMDS_PROXY_IDENTITIES"] == f"{OTHER_CLIENT},resource_id={RESOURCE_ID}"
+    # The proxy reports where it came from (`imds-proxy report`).
+    assert proxy_env["IMDS_PROXY_IDENTITY_SOURCE"] == (
+        f"client id {OTHER_CLIENT} from aadpodidbinding legacy-app: AzureIdentityBinding "
+        "legacy/legacy-binding -> AzureIdentity legacy/legacy-mi"
+    )
     assert _decisions(patched)["clientId"] == {
         "from": "aadpodidbinding legacy-app: AzureIdentityBinding legacy/legacy-binding -> "
         "AzureIdentity legacy/legacy-mi",

@@ -69,6 +69,8 @@ def render(report: dict[str, Any], days: int, *, as_json: bool = False) -> str:
         f"{report['token_requests']}",
         "",
     ]
+    if report.get("identity_source"):
+        lines[1:1] = [f"Identity: {report['identity_source']}"]
     for c in report["callers"]:
         version = c["version"] or "version unknown"
         lines.append(

@@ -206,11 +206,13 @@ class Mutator:
     ) -> additions.Sidecar:
         if self.classic is None:
             raise Unreadable("version", "the API server's version (not known yet)")
-        extra: tuple[tuple[str, str], ...] = ()
+        source = case.decisions["clientId"]
+        described = f"client id {source['value'] or '(none)'} from {source['from']}"
+        extra: tuple[tuple[str, str], ...] = ((config.IDENTITY_SOURCE_ENV, described),)
         if case.resource_id and identity.client_id:
             # Callers that select the identity by mi_res_id, as they did under pod identity.
             spec = f"{identity.client_id},resource_id={case.resource_id}"
-            extra = ((config.IDENTITIES_ENV, spec),)
+            extra += ((config.IDENTITIES_ENV, spec),)
         s = self.settings
         sidecar = additions.Sidecar(
             mode=asks.mode(pod),
