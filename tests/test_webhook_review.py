@@ -31,9 +31,11 @@ from proxy.webhook.metrics import WebhookMetrics
 from proxy.webhook.mutate import Mutator
 from proxy.webhook.settings import Settings
 from tests.kube_stand_in import KubeStandIn
-from tests.test_manifests import EXAMPLES, K8S_VERSION
 
 Obj = dict[str, Any]
+EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
+K8S_VERSION = "1.33.0"
+"""As tests/test_manifests.py: native sidecars are in the schema from 1.29."""
 CLIENT = "00000000-0000-0000-0000-000000000001"
 TENANT = "00000000-0000-0000-0000-0000000000aa"
 OTHER_CLIENT = "3f1c2b9a-5d4e-4f60-8a7b-9c0d1e2f3a4b"
