@@ -139,6 +139,10 @@ class Api:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def server(self) -> str:
+        return self._creds.server
+
     async def get(self, path: str) -> dict[str, Any]:
         """The object at `path`; `ApiError` with the status on anything but a JSON 200."""
         if self._session is None:

@@ -109,6 +109,7 @@ async def serve(settings: Settings, api: Api, cert: ReloadingCertificate) -> Non
         "webhook listening",
         port=settings.port,
         metrics_port=settings.metrics_port,
+        api_server=api.server,
         sidecar=settings.sidecar,
         on_error=settings.on_error,
         other_proxy=settings.other_proxy,

@@ -107,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where an aadpodidbinding label's AzureIdentityBinding is looked for: the pod's "
         "namespace (default), every namespace (as aad-pod-identity did), or off",
     )
-    add("--api-timeout", type=float, default=_D.api_timeout, help="seconds for all API reads")
+    add(
+        "--api-timeout",
+        type=float,
+        default=_D.api_timeout,
+        help="seconds for all API reads of one review (default %(default)s)",
+    )
     add("--kubeconfig", help="off-cluster: the kubeconfig to use (default: in-cluster)")
     add("--log-level", default=_D.log_level, choices=config.LOG_LEVELS)
     add("--log-format", default=_D.log_format, choices=("json", "console"))
