@@ -44,6 +44,11 @@ def is_client_id(value: str) -> bool:
     return bool(_GUID.match(value))
 
 
+def is_tenant_id(value: str) -> bool:
+    """A tenant GUID or domain name, as the proxy accepts in AZURE_TENANT_ID."""
+    return bool(_TENANT.match(value))
+
+
 is_object_id = is_client_id
 """Object ids are GUIDs too."""
 
@@ -221,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Validate flags and environment together; raises `ConfigError` on the first problem."""
     tenant = _required(environ, "AZURE_TENANT_ID")
-    if not _TENANT.match(tenant):
+    if not is_tenant_id(tenant):
         raise ConfigError("AZURE_TENANT_ID: must be a tenant GUID or domain name")
     token_file = _required(environ, "AZURE_FEDERATED_TOKEN_FILE")
     client_id = environ.get("AZURE_CLIENT_ID", "").strip() or None

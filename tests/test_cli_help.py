@@ -56,6 +56,7 @@ def test_each_command_has_its_own_help(name: str) -> None:
         (["inject", "--bogus"], "imds-proxy inject: error: unrecognized arguments"),
         (["webhook", "--sidecar", "sometimes"], "imds-proxy webhook: error:"),
         (["report", "--days", "x"], "imds-proxy report: error:"),
+        (["webhook", "--tenant-id", "a b", "--kubeconfig", "/x"], "--tenant-id: must be"),
     ],
 )
 def test_unknown_input_exits_2_with_one_line(argv: list[str], says: str) -> None:

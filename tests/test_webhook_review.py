@@ -315,6 +315,22 @@ async def test_the_proxy_needs_a_tenant(webhook: Webhook, api: KubeStandIn) -> N
     assert "--tenant-id" in response["status"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("annotations", "says"),
+    [
+        ({WI + "client-id": "web-app", WI + "tenant-id": TENANT}, "client id 'web-app'"),
+        ({WI + "client-id": CLIENT, WI + "tenant-id": "not a tenant"}, "tenant id 'not a tenant'"),
+    ],
+)
+async def test_ids_the_proxy_would_refuse_are_denied(
+    webhook: Webhook, api: KubeStandIn, annotations: dict[str, str], says: str
+) -> None:
+    """The proxy would stop at start on them (crash-looping the pod): say so at creation."""
+    api.service_account("default", "workload-identity-sa", annotations)
+    response, _ = await webhook.review(_guide_pod())
+    assert response["allowed"] is False and says in response["status"]["message"]
+
+
 async def test_endpoint_mode_annotation(webhook: Webhook) -> None:
     _, patched = await webhook.review(
         _guide_pod(**{"imds-proxy.azure.workload.identity/mode": "endpoint"})

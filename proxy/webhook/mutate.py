@@ -190,6 +190,8 @@ class Mutator:
                     f"no tenant id for the proxy: annotate {sa_ref} with {asks.TENANT_ID} "
                     "or start the webhook with --tenant-id"
                 )
+            if not config.is_tenant_id(tenant):
+                raise asks.PodError(f"tenant id {tenant!r} is not a tenant GUID or domain name")
             if client_id is not None and not config.is_client_id(client_id):
                 raise asks.PodError(f"client id {client_id!r} of {sa_ref} is not a GUID")
         case.resource_id = resource_id
