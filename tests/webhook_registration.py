@@ -8,7 +8,8 @@ configuration's, so the tier tests what is deployed.
 
 The recipe for the tier (tests/cluster/ on the cluster branch):
 1. Certificate: `proxy.devissuer.pki.generate_tls_files(dir)` (SAN 127.0.0.1).
-2. Webhook: `python -m proxy webhook --host 127.0.0.1 --port P --metrics-port M
+2. Webhook (`tests.webhook_process.WebhookProcess` runs it): `python -m proxy webhook
+   --host 127.0.0.1 --port P --metrics-port M
    --tls-cert-file dir/server.pem --tls-key-file dir/server-key.pem --kubeconfig ADMIN
    --tenant-id T --proxy-image ... --proxy-init-image ... --api-timeout 3`; wait for
    https://127.0.0.1:P/readyz (it reads /version first: native sidecar from 1.32).
