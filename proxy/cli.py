@@ -1,41 +1,72 @@
 """`imds-proxy`: the sidecar's command line, drop-in for the upstream image's arguments.
 
-Exit codes: 0 normal stop or probe success, 1 probe failure, 2 bad configuration
-(one line naming the setting, no traceback).
+Without a command it runs the sidecar with the upstream flags (`--proxy-port`,
+`--log-level`, `--probe`): that is the container's entrypoint. The commands are a table of
+name, one line of help and where their `main(argv)` lives; each owns its parser (and its
+`--help`) and is imported only when named, so the sidecar's start pays for none of them.
+
+Exit codes: 0 normal stop or probe success, 1 probe failure, 2 bad configuration or
+arguments (one line naming the setting, no traceback).
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from proxy import config, eventloop, logs
 
 PROBE_TRIES = 7
 PROBE_INTERVAL = 1.0
 
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("proxy.cli:run_sidecar", "the sidecar (the default: `imds-proxy [options]`)"),
+    "dev": ("proxy.devmode:run_dev", "the sidecar against a local Entra ID stand-in, to try"),
+    "doctor": ("proxy.doctor:main", "check this pod's Workload ID setup, say how to fix it"),
+    "report": ("proxy.report:main", "which SDKs still call IMDS; when the sidecar can go"),
+    "inject": ("proxy.inject.cli:main", "add the sidecar to Kubernetes manifests"),
+    "webhook": ("proxy.webhook.cli:main", "the admission webhook that adds it to pods"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The sidecar's flags (config owns them) with the commands listed after them."""
+    parser = config.build_parser()
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (_, line) in COMMANDS.items():
+        # Everything after the name goes to the command's own parser, --help included.
+        sub = commands.add_parser(name, help=line, add_help=False, prefix_chars="\0")
+        sub.add_argument("argv", nargs=argparse.REMAINDER)
+    groups = parser._action_groups  # the commands first in --help, the sidecar's flags after
+    groups.insert(0, groups.pop())
+    return parser
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["doctor"]:
-        from proxy.doctor import main as doctor
+    parsed = build_parser().parse_args(args)
+    if parsed.command is not None:
+        return int(_command(parsed.command)(parsed.argv))
+    return sidecar(parsed)
 
-        return doctor(args[1:])
-    if args[:1] == ["dev"]:
-        from proxy.devmode import run_dev
 
-        return int(run_dev(args[1:]))
-    if args[:1] == ["inject"]:
-        from proxy.inject.cli import main as run_inject
+def _command(name: str) -> Callable[[list[str]], int]:
+    module, _, function = COMMANDS[name][0].partition(":")
+    found: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+    return found
 
-        return run_inject(args[1:])
-    if args[:1] == ["report"]:
-        from proxy.report import main as report
 
-        return report(args[1:])
-    parsed = config.build_parser().parse_args(args)
+def run_sidecar(argv: Sequence[str]) -> int:
+    parser = config.build_parser()
+    parser.prog = "imds-proxy run"
+    return sidecar(parser.parse_args(list(argv)))
+
+
+def sidecar(parsed: argparse.Namespace) -> int:
     if parsed.probe:
         return probe(parsed.proxy_port)
     try:

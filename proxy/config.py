@@ -14,11 +14,12 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy import __version__
+from proxy import __version__, cliparse
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
 DEFAULT_PROXY_PORT = 8000
+"""Upstream's default `proxy-sidecar-port`."""
 DEFAULT_METRICS_PORT = 14637
 """Off the ports apps use (8080, 9090, 9100...); why this one: README, "Ports"."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -27,6 +28,8 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _TENANT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
+IDENTITY_SOURCE_ENV = "IMDS_PROXY_IDENTITY_SOURCE"
+"""Set by `imds-proxy webhook`: where the pod's client id came from, for the report."""
 IDENTITIES_ENV = "IMDS_PROXY_IDENTITIES"
 """Identity mappings from the environment: `--identity` specs separated by `;` or spaces."""
 _RESOURCE_ID_PREFIX = "/subscriptions/"
@@ -39,6 +42,11 @@ class ConfigError(Exception):
 def is_client_id(value: str) -> bool:
     """Entra application (client) ids are GUIDs."""
     return bool(_GUID.match(value))
+
+
+def is_tenant_id(value: str) -> bool:
+    """A tenant GUID or domain name, as the proxy accepts in AZURE_TENANT_ID."""
+    return bool(_TENANT.match(value))
 
 
 is_object_id = is_client_id
@@ -99,6 +107,8 @@ class Settings:
     identity_header: str | None = field(default=None, repr=False)
     """The App Service endpoint's expected secret (env IDENTITY_HEADER); never printed."""
     identity_header_file: str | None = None
+    identity_source: str | None = None
+    """Where the webhook found the client id (env IMDS_PROXY_IDENTITY_SOURCE); reported."""
 
 
 _DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
@@ -106,15 +116,13 @@ _DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.def
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliparse.Parser(
         prog="imds-proxy",
         description="Answer IMDS managed-identity token requests with Entra Workload ID tokens.",
         epilog="Environment: AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (required), "
         "AZURE_CLIENT_ID (the default identity), AZURE_AUTHORITY_HOST, REQUESTS_CA_BUNDLE, "
         "HTTPS_PROXY/NO_PROXY, IDENTITY_HEADER (the App Service endpoint's secret), "
-        f"{IDENTITIES_ENV} (--identity specs separated by ';'). "
-        "Subcommands: `imds-proxy dev` runs it against a local issuer, "
-        "`imds-proxy doctor` checks the setup and prints how to fix it.",
+        f"{IDENTITIES_ENV} (--identity specs separated by ';').",
     )
     add = parser.add_argument
     add(
@@ -245,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Validate flags and environment together; raises `ConfigError` on the first problem."""
     tenant = _required(environ, "AZURE_TENANT_ID")
-    if not _TENANT.match(tenant):
+    if not is_tenant_id(tenant):
         raise ConfigError("AZURE_TENANT_ID: must be a tenant GUID or domain name")
     token_file = _required(environ, "AZURE_FEDERATED_TOKEN_FILE")
     client_id = environ.get("AZURE_CLIENT_ID", "").strip() or None
@@ -313,6 +321,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         identities=identities,
         identity_header=environ.get("IDENTITY_HEADER", "").strip() or None,
         identity_header_file=identity_header_file,
+        identity_source=environ.get(IDENTITY_SOURCE_ENV, "").strip() or None,
     )
 
 

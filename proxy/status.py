@@ -39,7 +39,9 @@ def status_page(proxy: Proxy) -> dict[str, Any]:
 
 
 def report_page(proxy: Proxy) -> dict[str, Any]:
-    return proxy.callers.report()
+    report = proxy.callers.report()
+    report["identity_source"] = proxy.settings.identity_source  # where the webhook found it
+    return report
 
 
 def inspection_pages() -> dict[str, Page]:

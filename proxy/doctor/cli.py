@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from proxy import config
+from proxy import cliparse, config
 from proxy.doctor.checks import (
     Check,
     check_authority,
@@ -28,7 +28,7 @@ _MARK = {True: "✔", False: "✘", None: "-"}
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = config.build_parser().parse_args([])
-    parser = argparse.ArgumentParser(
+    parser = cliparse.Parser(
         prog="imds-proxy doctor",
         description="Check the pod's Workload ID setup, in order, and print how to fix it.",
     )

@@ -10,16 +10,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from proxy import config
-from proxy.inject import additions, ledger, locate, yamlio
+from proxy import cliparse, config
+from proxy.inject import additions, ledger, locate, takeback, yamlio
 
-_DEFAULTS = additions.Options()
+_DEFAULTS = additions.Sidecar()
+_AUTHORITY = additions.Identity(None, None).authority_host
 _BATCH = ("Job", "CronJob")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliparse.Parser(
         prog="imds-proxy inject",
         description="Add the IMDS proxy sidecar, the init container and the Workload ID "
         "identity to Kubernetes manifests (Pod, Deployment, StatefulSet, DaemonSet, "
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--uninject", action="store_true", help="remove what inject added, and only that")
     add("--client-id", help="AZURE_CLIENT_ID; without it and --tenant-id the webhook adds it")
     add("--tenant-id", help="AZURE_TENANT_ID")
-    add("--authority-host", default=_DEFAULTS.authority_host, help="AZURE_AUTHORITY_HOST")
+    add("--authority-host", default=_AUTHORITY, help="AZURE_AUTHORITY_HOST")
     add("--image", default=_DEFAULTS.image, help="proxy image (default %(default)s)")
     add("--init-image", default=_DEFAULTS.init_image, help="init image (default %(default)s)")
     add("--proxy-port", type=int, default=_DEFAULTS.proxy_port, help="default %(default)s")
@@ -52,12 +54,19 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     if args.client_id and not config.is_client_id(args.client_id):
         parser.error(f"--client-id must be an application (client) id, a GUID: {args.client_id!r}")
-    opts = additions.Options(
+    if bool(args.client_id) != bool(args.tenant_id):
+        print(
+            "imds-proxy inject: give both --client-id and --tenant-id, or neither", file=sys.stderr
+        )
+        return 1
+    identity = (
+        additions.Identity(args.client_id, args.tenant_id, args.authority_host)
+        if args.client_id
+        else None
+    )
+    sidecar = additions.Sidecar(
         mode=args.mode,
         classic=args.classic,
-        client_id=args.client_id,
-        tenant_id=args.tenant_id,
-        authority_host=args.authority_host,
         image=args.image,
         init_image=args.init_image,
         proxy_port=args.proxy_port,
@@ -79,7 +88,7 @@ def main(argv: Sequence[str]) -> int:
         doc_changed = False
         for found in locate.pod_templates(doc.tree, f"{source}: document {number}"):
             try:
-                done = transform(found, opts, args.uninject)
+                done = transform(found, identity, sidecar, args.uninject)
             except (additions.InjectError, ledger.LedgerError) as exc:
                 print(f"imds-proxy inject: {found.where}: {exc}", file=sys.stderr)
                 return 1
@@ -89,29 +98,44 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def transform(found: locate.PodTemplate, opts: additions.Options, uninject: bool) -> bool:
+def transform(
+    found: locate.PodTemplate,
+    identity: additions.Identity | None,
+    sidecar: additions.Sidecar,
+    uninject: bool,
+) -> bool:
     """Inject (or take back) one pod; True if it changed. Notes go to stderr."""
     pod, where = found.pod, found.where
     if uninject:
-        return ledger.take_back(pod)
+        return takeback.take_back(pod)
     previous = ledger.recorded(pod)
     if previous is not None:  # already injected: a second run changes nothing
-        if previous.mode != opts.mode:
+        if previous.mode != sidecar.mode:
             print(
                 f"imds-proxy inject: {where}: already injected with --mode {previous.mode}; "
                 "left as it is (--uninject first to change it)",
                 file=sys.stderr,
             )
         return False
-    added = additions.inject(pod, opts)
-    if added is None:
+    if identity is None and not _labelled(pod):
+        raise additions.InjectError(
+            f"no --client-id/--tenant-id and the pod lacks the label {additions.USE_LABEL}: "
+            '"true", so nothing would give the proxy an identity'
+        )
+    if additions.proxy_containers(pod):
         print(f"imds-proxy inject: {where}: already has a proxy; left as it is", file=sys.stderr)
         return False
-    ledger.record(pod, added)
-    if opts.classic and found.kind in _BATCH:
+    ledger.record(pod, additions.inject(pod, identity, sidecar))
+    if sidecar.classic and found.kind in _BATCH:
         print(
             f"imds-proxy inject: {where}: a classic sidecar keeps a Job's pod running after "
             "the app exits; prefer the native sidecar (without --classic)",
             file=sys.stderr,
         )
     return True
+
+
+def _labelled(pod: Any) -> bool:
+    """Labelled for the Workload ID webhook, which then adds the identity itself."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return str(labels.get(additions.USE_LABEL)).lower() == "true"

@@ -3,7 +3,8 @@
 Names alone cannot tell an addition from the same thing written by hand (a user's own
 `AZURE_CLIENT_ID`, an `env:` list that was already there), so every item added and every
 key created is listed, by path, in `ANNOTATION`. `--uninject` removes those and nothing
-else; a pod that carries the annotation is already injected and is left alone.
+else (`proxy.inject.takeback`); a pod that carries the annotation is already injected and is
+left alone. Plain mappings and lists: the webhook uses it on JSON too.
 
 Paths are relative to the pod (the object with `metadata` and `spec`): dot-separated keys,
 `key[name]` for the item of a list with that `name` (container names have neither `.` nor `[`).
@@ -14,10 +15,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
-
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
-from proxy.inject import comments
 
 ANNOTATION = "imds-proxy.azure.workload.identity/injected"
 
@@ -41,7 +38,7 @@ class Ledger:
         body = json.loads(text)
         return cls(str(body["mode"]), dict(body["added"]), list(body["created"]))
 
-    def ensure(self, pod: Any, path: str, empty: type[CommentedMap | CommentedSeq]) -> Any:
+    def ensure(self, pod: Any, path: str, empty: type[dict[str, Any] | list[Any]]) -> Any:
         """The mapping or list at `path`, created (and recorded) if missing."""
         parent_path, _, key = path.rpartition(".")
         parent = resolve(pod, parent_path)
@@ -51,7 +48,7 @@ class Ledger:
         return parent[key]
 
     def add(self, pod: Any, list_path: str, item: Any, first: bool = False) -> None:
-        items = self.ensure(pod, list_path, CommentedSeq)
+        items = self.ensure(pod, list_path, list)
         if first:
             items.insert(0, item)
         else:
@@ -81,34 +78,6 @@ def recorded(pod: Any) -> Ledger | None:
 
 
 def record(pod: Any, ledger: Ledger) -> None:
-    ledger.ensure(pod, "metadata", CommentedMap)
-    annotations = ledger.ensure(pod, "metadata.annotations", CommentedMap)
+    ledger.ensure(pod, "metadata", dict)
+    annotations = ledger.ensure(pod, "metadata.annotations", dict)
     annotations[ANNOTATION] = ledger.encode()
-
-
-def take_back(pod: Any) -> bool:
-    """Remove what the pod's ledger lists; False if it has none (nothing was injected)."""
-    ledger = recorded(pod)
-    if ledger is None:
-        return False
-    orphans: dict[int, str] = {}
-    # Deepest lists first: a container's env goes before the container itself.
-    for list_path in sorted(ledger.added, key=lambda p: -p.count(".")):
-        try:
-            items = resolve(pod, list_path)
-        except (KeyError, StopIteration):
-            continue  # removed by hand since
-        for name in ledger.added[list_path]:
-            found = [i for i, item in enumerate(items) if item.get("name") == name]
-            if found:
-                comments.remove(items, found[0], orphans)
-    comments.remove(pod["metadata"]["annotations"], ANNOTATION, orphans)
-    for path in reversed(ledger.created):
-        parent_path, _, key = path.rpartition(".")
-        try:
-            parent = resolve(pod, parent_path)
-        except (KeyError, StopIteration):
-            continue
-        if key in parent and not parent[key]:
-            comments.remove(parent, key, orphans)
-    return True

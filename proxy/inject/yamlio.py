@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.util import load_yaml_guess_indent
+
+from proxy.inject.additions import Flow
 
 _MARKER = re.compile(r"^---(?:[ \t].*)?$")
 
@@ -72,8 +75,13 @@ def _parse(marker: str, text: str) -> Document:
     return Document(marker, text, tree, sequence, offset)
 
 
+def _flow(representer: RoundTripRepresenter, data: Flow) -> Any:
+    return representer.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+
+
 def _yaml() -> YAML:
     yaml = YAML()
+    yaml.representer.add_representer(Flow, _flow)
     yaml.preserve_quotes = True
     yaml.width = 4096  # never fold a long value (the ledger annotation) over lines
     return yaml

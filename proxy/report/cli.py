@@ -15,14 +15,14 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from proxy import config
+from proxy import cliparse, config
 from proxy.report.verdict import DEFAULT_QUIET_DAYS, verdict
 
 TIMEOUT = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliparse.Parser(
         prog="imds-proxy report",
         description="Which SDKs still ask this sidecar for tokens, and whether it can be removed.",
     )
@@ -67,6 +67,8 @@ def render(report: dict[str, Any], days: int, *, as_json: bool = False) -> str:
         f"{report['token_requests']}",
         "",
     ]
+    if report.get("identity_source"):
+        lines[1:1] = [f"Identity: {report['identity_source']}"]
     for c in report["callers"]:
         version = c["version"] or "version unknown"
         lines.append(
