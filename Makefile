@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench image-test system-deps clean
+.PHONY: demo test test-fast lint bench image-test system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 ## Lint, type-check and run every test (root-only tests run when root).
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q
+
+## The unit and in-process tiers only (no process, namespace, client or cluster): about 30 s.
+test-fast: $(STAMP) lint
+	$(BIN)/pytest -q -m fast
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -48,3 +48,40 @@ def arm(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ArmStandIn]:
     """A Resource Manager stand-in over TLS, for az's subscription listing."""
     with ArmStandIn(tmp_path, fake_entra.info.tenant_id) as stand_in:
         yield stand_in
+
+
+# -- tiers -------------------------------------------------------------------------------
+# Every test gets one tier marker from its module's name, so `make test-fast` (-m fast) runs
+# the unit and in-process tests alone. The slow tiers start real processes: the proxy, the
+# fake Entra ID, network namespaces, SDK clients in other languages, a Kubernetes cluster.
+
+_PROCESS_MODULES = frozenset(
+    (
+        "test_demo",
+        "test_deploy_observability",
+        "test_devissuer",
+        "test_doctor",
+        "test_init_cli",
+        "test_init_netns",
+        "test_private_checkout",
+        "test_webhook_process",
+    )
+)
+_CLIENT_WORDS = ("clients", "azure_cli", "js_client", "legacy_sdks")
+
+
+def tier_of(module: str, path: Path) -> str:
+    """`cluster`, `clients`, `process` or `fast`, for a test module's name and path."""
+    if "cluster" in path.parts:
+        return "cluster"
+    if any(word in module for word in _CLIENT_WORDS):
+        return "clients"
+    if module.startswith(("test_e2e_", "test_pod_")) or module in _PROCESS_MODULES:
+        return "process"
+    return "fast"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        item.add_marker(tier_of(path.stem, path))
