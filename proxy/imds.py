@@ -24,7 +24,6 @@ from proxy.tokens.errors import (
     EntraUnavailable,
     FederationPending,
     TokenError,
-    TooManyNewTokens,
 )
 from proxy.tokens.model import AccessToken, TokenKey
 
@@ -338,21 +337,13 @@ def error_for(exc: TokenError) -> ImdsError:
         if exc.aadsts in _UNKNOWN_IDENTITY_AADSTS:
             description = "Identity not found: " + description  # the phrase SDKs look for
         return ImdsError(400, error, description, reason=reason)
-    if isinstance(exc, EntraThrottled):
+    if isinstance(exc, EntraThrottled):  # Entra's 429, or the proxy's own new-token limit
         return ImdsError(
             429,
             "too_many_requests",
             exc.description,
             retry_after=exc.retry_after,
-            reason="throttled",
-        )
-    if isinstance(exc, TooManyNewTokens):
-        return ImdsError(
-            429,
-            "too_many_requests",
-            exc.description,
-            retry_after=exc.retry_after,
-            reason="rate_limited",
+            reason=exc.kind,
         )
     if isinstance(exc, FederationPending):
         # Transient by construction: SDKs retry a 5xx, while a 400 would be final for them.

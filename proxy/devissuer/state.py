@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 from proxy.devissuer.satoken import DEFAULT_AUDIENCE, ServiceAccountTokenSource
 from proxy.devissuer.signing import SigningKey
@@ -27,17 +27,7 @@ Mode = Literal[
     "truncated",
     "huge",
 ]
-MODES: tuple[Mode, ...] = (
-    "normal",
-    "throttle",
-    "fail",
-    "issuer_unreachable",
-    "hang",
-    "trickle",
-    "html",
-    "truncated",
-    "huge",
-)
+MODES: tuple[Mode, ...] = get_args(Mode)
 """How the token endpoint answers. Beyond the failures Entra ID really gives, the hostile
 ones a client must survive: `hang` (no answer for `HANG_SECONDS`), `trickle` (a 200 whose
 body comes one byte every `delay` seconds, 1 by default), `html` and `truncated` (a 400

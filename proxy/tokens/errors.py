@@ -109,25 +109,8 @@ class FederationPending(TokenError):
         )
 
 
-class EntraThrottled(TokenError):
-    """Entra ID answered 429: no call for this identity before `retry_after` seconds."""
-
-    kind = "throttled"
-
-    def __init__(self, description: str, retry_after: float) -> None:
-        super().__init__(description)
-        self.retry_after = retry_after
-
-    def again(self, retry_after: float | None = None) -> Self:
-        return type(self)(
-            self.description, self.retry_after if retry_after is None else retry_after
-        )
-
-
-class EntraUnavailable(TokenError):
-    """Entra ID could not be reached, timed out or answered 5xx: transient, back off."""
-
-    kind = "unavailable"
+class _RetryLater(TokenError):
+    """A transient failure that may say when to try again (`retry_after` seconds)."""
 
     def __init__(self, description: str, retry_after: float | None = None) -> None:
         super().__init__(description)
@@ -139,20 +122,27 @@ class EntraUnavailable(TokenError):
         )
 
 
-class TooManyNewTokens(TokenError):
+class EntraThrottled(_RetryLater):
+    """Entra ID answered 429: no call for this identity before `retry_after` seconds."""
+
+    kind = "throttled"
+    retry_after: float
+
+    def __init__(self, description: str, retry_after: float) -> None:
+        super().__init__(description, retry_after)
+
+
+class TooManyNewTokens(EntraThrottled):
     """The proxy's own limit on exchanges for tokens it does not hold yet was reached
     (`proxy.tokens.ratelimit`): Entra ID was not asked; retry after `retry_after` seconds."""
 
     kind = "rate_limited"
 
-    def __init__(self, description: str, retry_after: float) -> None:
-        super().__init__(description)
-        self.retry_after = retry_after
 
-    def again(self, retry_after: float | None = None) -> Self:
-        return type(self)(
-            self.description, self.retry_after if retry_after is None else retry_after
-        )
+class EntraUnavailable(_RetryLater):
+    """Entra ID could not be reached, timed out or answered 5xx: transient, back off."""
+
+    kind = "unavailable"
 
 
 class CredentialUnavailable(TokenError):
