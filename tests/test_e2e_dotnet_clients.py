@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import SECOND_CLIENT_ID
 from tests.dotnet_clients import DOTNET_PROJECT, DotnetClients, dotnet_clients
 from tests.fake_entra import FakeEntra
-from tests.jwt_claims import assert_client_result
+from tests.jwt_claims import assert_client_result, assert_issued_to
 from tests.proxy_process import ProxyProcess
 from tests.sdk_clients import clean_env, or_skip, proxied_env, run_client
 
@@ -97,3 +97,73 @@ def test_azure_identity_pointed_by_pod_identity_authority_host(
         audience=ARM,
         client_id=fake_entra.info.client_id,
     )
+
+
+def token_lines(proxy: ProxyProcess) -> list[dict[str, object]]:
+    """The proxy's request lines for token requests (it is stopped first: they are flushed)."""
+    proxy.stop()
+    return [line for line in proxy.logs() if line["event"] == "received token request"]
+
+
+@pytest.mark.parametrize(
+    ("client", "error_type"),
+    [
+        ("ManagedIdentityCredential", "Azure.Identity.CredentialUnavailableException"),
+        ("MSAL.NET-4.83", "Microsoft.Identity.Client.MsalServiceException"),
+    ],
+)
+def test_unknown_identity_is_reported_as_not_assigned(
+    client: str, error_type: str, dotnet: DotnetClients, proxy: ProxyProcess, tmp_path: Path
+) -> None:
+    """IMDS-COMPAT §6: a 400 whose body says `Identity not found` is what Azure.Identity reads
+    as "this identity is not assigned here" (unavailable, so a chain goes on); MSAL.NET
+    reports it as the service's answer. Neither retries it."""
+    env = proxied_env(tmp_path, proxy.base)
+    result = dotnet_get_token(dotnet, client, env, ARM, UNKNOWN_CLIENT_ID)
+    assert result["error_type"] == error_type, result
+    assert "Identity not found" in str(result["error"])
+    if client == "ManagedIdentityCredential":
+        assert "has not been assigned to this resource" in str(result["error"])
+    assert [line["status"] for line in token_lines(proxy)] == [400]
+
+
+def test_default_azure_credential_outlasts_a_slow_entra(
+    dotnet: DotnetClients, proxy: ProxyProcess, fake_entra: FakeEntra, tmp_path: Path
+) -> None:
+    """DefaultAzureCredential gives IMDS 1 s per try. With Entra ID taking 2.5 s, its first
+    try gives up; the proxy finishes that exchange anyway, and a later try is answered
+    with its token: one exchange in all, and the chain never falls through."""
+    fake_entra.behave(delay=2.5)
+    env = proxied_env(tmp_path, proxy.base)
+    result = dotnet_get_token(dotnet, "DefaultAzureCredential", env, VAULT)
+    assert "error" not in result, result
+    issued = assert_issued_to(
+        str(result["token"]),
+        tenant_id=fake_entra.info.tenant_id,
+        audience=VAULT,
+        client_id=fake_entra.info.client_id,
+    )
+    # The proxy counts the token's lifetime from when it asked Entra ID, 2.5 s before the
+    # token was issued: the expiry it hands out is that much earlier, never later.
+    assert issued["exp"] - 5 <= int(str(result["expires_on"])) <= issued["exp"]
+    assert fake_entra.stats()["token_requests"]["total"] == 1
+    assert len(token_lines(proxy)) >= 2
+
+
+def test_transient_failure_is_retried_by_azure_identity(
+    dotnet: DotnetClients, proxy: ProxyProcess, fake_entra: FakeEntra, tmp_path: Path
+) -> None:
+    """IMDS-COMPAT §6: a transient failure is a 5xx, never a 400 (which Azure.Identity would
+    take as final): its retry gets the token."""
+    fake_entra.behave(mode="fail", count=1)
+    env = proxied_env(tmp_path, proxy.base)
+    result = dotnet_get_token(dotnet, "ManagedIdentityCredential", env, ARM)
+    assert_client_result(
+        result,
+        tenant_id=fake_entra.info.tenant_id,
+        audience=ARM,
+        client_id=fake_entra.info.client_id,
+    )
+    statuses = [int(str(line["status"])) for line in token_lines(proxy)]
+    assert statuses[-1] == 200 and all(status >= 500 for status in statuses[:-1]), statuses
+    assert len(statuses) >= 2
