@@ -15,9 +15,12 @@ Each prints the token, the expiry it computed and its own version; all are check
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import SECOND_CLIENT_ID
 from tests.dotnet_clients import DOTNET_PROJECT, DotnetClients, dotnet_clients
@@ -167,3 +170,46 @@ def test_transient_failure_is_retried_by_azure_identity(
     statuses = [int(str(line["status"])) for line in token_lines(proxy)]
     assert statuses[-1] == 200 and all(status >= 500 for status in statuses[:-1]), statuses
     assert len(statuses) >= 2
+
+
+def test_the_report_names_the_dotnet_clients(
+    dotnet: DotnetClients, proxy: ProxyProcess, tmp_path: Path
+) -> None:
+    """Azure.Identity and MSAL.NET as they really call, and a Rust-shaped caller, in the
+    report the proxy serves and in `imds-proxy report`: each family with its version (MSAL.NET
+    sends none before 4.84), its verdict and its own advice."""
+    env = proxied_env(tmp_path, proxy.base)
+    for client in ("ManagedIdentityCredential", "MSAL.NET-4.56", "MSAL.NET-4.83"):
+        assert "token" in dotnet_get_token(dotnet, client, env, ARM)
+    rust = {"Metadata": "true", "User-Agent": "azsdk-rust-identity/0.27.0 (1.85.0; linux; x86_64)"}
+    assert requests.get(proxy.url(ARM), headers=rust, timeout=10).status_code == 200
+
+    report = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/report", timeout=10).json()
+    seen = {(c["client"], c["version"]): c for c in report["callers"]}
+    assert set(seen) == {
+        ("azure-identity-dotnet", "1.10.3"),
+        ("msal-dotnet", None),
+        ("azure-identity-rust", "0.27.0"),
+    }
+    net = seen["azure-identity-dotnet", "1.10.3"]
+    assert (net["supports_workload_identity"], net["advice_kind"]) == ("yes", "direct")
+    assert net["advice"].endswith(
+        "(WorkloadIdentityCredential or DefaultAzureCredential, since 1.9.0)"
+    )
+    msal = seen["msal-dotnet", None]
+    assert (msal["supports_workload_identity"], msal["requests"]) == ("no", 2)
+    assert msal["advice"].startswith(
+        "replace library MSAL.NET (managed identity) with Azure.Identity ≥ 1.9.0"
+    )
+    assert seen["azure-identity-rust", "0.27.0"]["minimum_version"] == "0.22.0"
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "report", f"--metrics-port={proxy.metrics_port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "Azure.Identity (.NET) [azure-identity-dotnet] 1.10.3: 1 requests" in done.stdout
+    assert "MSAL.NET (managed identity) [msal-dotnet] version unknown: 2 requests" in done.stdout
+    assert "azure_identity (Rust) [azure-identity-rust] 0.27.0: 1 requests" in done.stdout
+    assert "; 1 of them cannot use workload identity yet" in done.stdout
