@@ -87,16 +87,10 @@ class DotnetClients:
     apps: dict[str, Path]
     """App name to its GetToken.dll."""
 
-    def argv(self, app: str, sdk: str, resource: str, client_id: str | None = None) -> list[str]:
-        """``GetToken <sdk> <resource> [<client id>]`` in one app directory; sdk is
-        `managed-identity`, `default` (DefaultAzureCredential) or `msal`."""
-        return [
-            str(self.host),
-            str(self.apps[app]),
-            sdk,
-            resource,
-            *([client_id] if client_id else []),
-        ]
+    def argv(self, app: str, sdk: str, *args: str | None) -> list[str]:
+        """``GetToken <sdk> [<resource> [<client id>]]`` in one app directory; sdk is
+        `managed-identity`, `default` (DefaultAzureCredential), `msal` or `msal-source`."""
+        return [str(self.host), str(self.apps[app]), sdk, *(a for a in args if a)]
 
 
 def _fresh(directory: Path) -> Path:

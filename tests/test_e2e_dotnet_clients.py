@@ -213,3 +213,23 @@ def test_the_report_names_the_dotnet_clients(
     assert "MSAL.NET (managed identity) [msal-dotnet] version unknown: 2 requests" in done.stdout
     assert "azure_identity (Rust) [azure-identity-rust] 0.27.0: 1 requests" in done.stdout
     assert "; 1 of them cannot use workload identity yet" in done.stdout
+
+
+def test_msal_dotnet_finds_imds_through_the_proxy(
+    dotnet: DotnetClients, proxy: ProxyProcess, fake_entra: FakeEntra, tmp_path: Path
+) -> None:
+    """IMDS-COMPAT §6: MSAL.NET's source discovery probes the token path without `Metadata`
+    (and without a resource) and takes IMDS only on a 400 that does not say `Identity not
+    found`; the probe must not reach Entra ID."""
+    argv = dotnet.argv("msal-4.83", "msal-source")
+    result = run_client(argv, proxied_env(tmp_path, proxy.base), DOTNET_PROJECT)
+    assert result == {
+        "Source": "Imds",
+        "ImdsV1FailureReason": None,
+        "ImdsV2FailureReason": None,
+        "sdk_version": "4.83.3",
+    }
+    assert fake_entra.stats()["token_requests"]["total"] == 0
+    lines = token_lines(proxy)
+    assert [(line["status"], line.get("error")) for line in lines] == [(400, "metadata_header")]
+    assert lines[0]["client"] == "msal-dotnet"

@@ -38,3 +38,11 @@ def test_dotnet_client_in_the_pod(pod: Pod, app_home: Path, client: str) -> None
     result = run_in_pod(pod, dotnet.argv(app, sdk, resource), app_home)
     assert result.get("sdk_version") == version, result
     assert_token(pod, result, resource)
+
+
+def test_msal_dotnet_finds_imds_in_the_pod(pod: Pod, app_home: Path) -> None:  # noqa: F811
+    """MSAL.NET 4.83's source discovery, through the redirect: its header-less probe of the
+    token path gets the proxy's 400, so it takes IMDS (not v2, not "none")."""
+    dotnet = or_skip(dotnet_clients)
+    result = run_in_pod(pod, dotnet.argv("msal-4.83", "msal-source"), app_home)
+    assert (result.get("Source"), result.get("ImdsV1FailureReason")) == ("Imds", None), result

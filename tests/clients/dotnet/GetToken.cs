@@ -3,9 +3,12 @@
 // what the SDK finds (the metadata address, or IDENTITY_ENDPOINT on App Service).
 //
 //   GetToken managed-identity|default|msal <resource> [<client id>]
+//   GetToken msal-source
 //
 // It prints one JSON line: the token, the expiry the SDK computed and the SDK's version,
-// or the error and its exception type (exit code 3). Only public APIs are called.
+// or the error and its exception type (exit code 3). `msal-source` asks MSAL.NET (4.7x and
+// later) which managed-identity source it finds, which probes IMDS, and prints its answer.
+// Only public APIs are called (that one by reflection: this app is compiled against 4.56).
 using System;
 using System.IO;
 using System.Reflection;
@@ -70,6 +73,26 @@ public static class GetToken
         return Result(result.AccessToken, result.ExpiresOn, VersionOf(typeof(ManagedIdentityApplicationBuilder)));
     }
 
+    // ManagedIdentityApplication.GetManagedIdentitySourceAsync(CancellationToken), whose
+    // ManagedIdentitySourceResult says the source and why IMDS v1 or v2 was not taken.
+    static string MsalSource()
+    {
+        object app = ManagedIdentityApplicationBuilder.Create(ManagedIdentityId.SystemAssigned).Build();
+        MethodInfo method = app.GetType().GetMethod("GetManagedIdentitySourceAsync", new[] { typeof(CancellationToken) });
+        if (method == null) throw new NotSupportedException("this MSAL.NET has no GetManagedIdentitySourceAsync");
+        var task = (System.Threading.Tasks.Task)method.Invoke(app, new object[] { CancellationToken.None });
+        task.GetAwaiter().GetResult();
+        object result = task.GetType().GetProperty("Result").GetValue(task);
+        var line = new StringBuilder("{");
+        foreach (string name in new[] { "Source", "ImdsV1FailureReason", "ImdsV2FailureReason" })
+        {
+            object value = result.GetType().GetProperty(name).GetValue(result);
+            if (line.Length > 1) line.Append(',');
+            line.Append(Json(name)).Append(':').Append(value == null ? "null" : Json(value.ToString()));
+        }
+        return line.Append(",\"sdk_version\":").Append(Json(VersionOf(typeof(ManagedIdentityApplicationBuilder)))).Append('}').ToString();
+    }
+
     static string Result(string token, DateTimeOffset expiresOn, string version)
     {
         return "{\"token\":" + Json(token) + ",\"expires_on\":" + expiresOn.ToUnixTimeSeconds()
@@ -89,9 +112,10 @@ public static class GetToken
     public static int Main(string[] args)
     {
         AppDomain.CurrentDomain.AssemblyResolve += FromAppDirectory;
-        if (args.Length < 2 || args.Length > 3)
+        bool source = args.Length == 1 && args[0] == "msal-source";
+        if (!source && (args.Length < 2 || args.Length > 3))
         {
-            Console.Error.WriteLine("usage: GetToken managed-identity|default|msal <resource> [<client id>]");
+            Console.Error.WriteLine("usage: GetToken managed-identity|default|msal <resource> [<client id>] | msal-source");
             return 2;
         }
         string clientId = args.Length == 3 ? args[2] : null;
@@ -103,6 +127,7 @@ public static class GetToken
                 case "managed-identity": line = WithAzureIdentity(false, args[1], clientId); break;
                 case "default": line = WithAzureIdentity(true, args[1], clientId); break;
                 case "msal": line = WithMsal(args[1], clientId); break;
+                case "msal-source": line = MsalSource(); break;
                 default: Console.Error.WriteLine("unknown SDK " + args[0]); return 2;
             }
             Console.WriteLine(line);
