@@ -152,9 +152,10 @@ def _compile(mcs: str, framework: Path, source: Path, output: Path, refs: Sequen
 
 
 def _build(host: Path, assemblies: Path) -> Path:
-    """The app directories, built once per change of the sources (older builds removed)."""
+    """The app directories, built once per change of the sources or of this recipe (older
+    builds removed)."""
     mcs = require("mcs")
-    sources = sorted(DOTNET_PROJECT.glob("*.cs"))
+    sources = [Path(__file__), *sorted(DOTNET_PROJECT.glob("*.cs"))]
     digest = hashlib.sha256(assemblies.name.encode())
     for source in sources:
         digest.update(source.read_bytes())
