@@ -10,13 +10,12 @@ pre-escaped log line. Handlers never raise: errors are answers in the caller's p
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 
 from proxy.answers import error_answer as _error
 from proxy.appservice import AppServiceEndpoint
@@ -40,13 +39,17 @@ from proxy.imds import (
 )
 from proxy.paths import Route, route_for
 from proxy.requestlog import RequestLog, json_field
+from proxy.status import inspection_pages
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import CredentialUnavailable, TokenError
 from proxy.tokens.model import AccessToken, TokenKey
 from proxy.usage import CallerUsage
 
+_INSPECTION = inspection_pages()
+"""`/status` and `/report`: on the pod-local token port (they name the identity)."""
 _TOKEN_PATHS = frozenset((TOKEN_PATH, TOKEN_PATH + "/"))
 _TOKEN_ROUTE = Route("token")
+_HTTP09 = Route("http09")
 _Answer = tuple[web.StreamResponse, str]
 """A response and its request-log fields."""
 JSON_HEADERS = {"Content-Type": JSON}
@@ -65,6 +68,9 @@ _REFUSED = {
     "other": ImdsError(404, "not_found", "No such endpoint", reason="path"),
     "invalid": ImdsError(
         400, "invalid_request", "The request path cannot be read unambiguously", reason="path"
+    ),
+    "http09": ImdsError(
+        400, "invalid_request", "HTTP/1.0 or later is required", reason="http_version"
     ),
 }
 
@@ -107,11 +113,13 @@ class Proxy:
             for resource in self.settings.prefetch_resources
         ]
 
-    async def not_ready_reasons(self) -> list[str]:
-        """Why the proxy cannot serve tokens now; empty when it can."""
+    def not_ready_reasons(self) -> list[str]:
+        """Why the proxy cannot serve tokens now; empty when it can. Computed from what the
+        proxy holds, on the loop, never queued behind exchanges: the token file is stat'ed
+        (read only when kubelet replaced it; a projected volume is in memory)."""
         reasons = []
         try:
-            await asyncio.to_thread(self.assertion.current)
+            self.assertion.current()
         except CredentialUnavailable as exc:
             reasons.append(exc.description)
         missing = [k.scope for k in self.prefetch_keys if not self.cache.holds_valid(k)]
@@ -137,12 +145,15 @@ class ProxyHttp:
                 "appservice",
                 "readyz",
                 "healthz",
+                "status",
+                "report",
                 "metadata",
                 "identity",
                 "invalid",
                 "other",
             )
         }
+        self._routes["http09"] = self._routes["invalid"]
         self._tenant_id = proxy.settings.tenant_id
         self._default_client_id = proxy.settings.client_id
         self._identities = proxy.identities
@@ -159,6 +170,8 @@ class ProxyHttp:
         # is read canonically first (`proxy.paths`), so that no form of an identity path
         # is ever forwarded to the node's IMDS.
         route = _TOKEN_ROUTE if path in _TOKEN_PATHS else route_for(target)
+        if request.version < HttpVersion10:  # HTTP/0.9: a CR or LF cut the request line
+            route = _HTTP09
         name = route.name
         if name == "token":
             event = "received token request"
@@ -177,13 +190,18 @@ class ProxyHttp:
                 response, extra = await self._proxy.forwarder(request, route.forward_path), ""
         elif name == "readyz":
             event = "received readyz request"
-            response, extra = await self._readyz(request)
+            response, extra = self._readyz()
         elif name == "healthz":
             event = "received healthz request"
             response, extra = web.Response(text="ok"), ""
+        elif name in _INSPECTION:
+            event = "received inspection request"
+            response, extra = web.json_response(_INSPECTION[name](self._proxy)), ""
         else:
             event = "received unknown request"
             response, extra = _error(_REFUSED[name])
+            if name == "http09":
+                response.force_close()
         elapsed = time.perf_counter() - started
         status = response.status
         self._routes[name].observe(status, elapsed)
@@ -249,8 +267,8 @@ class ProxyHttp:
         self._queries[query] = result
         return result
 
-    async def _readyz(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
-        reasons = await self._proxy.not_ready_reasons()
+    def _readyz(self) -> tuple[web.StreamResponse, str]:
+        reasons = self._proxy.not_ready_reasons()
         if not reasons:
             return web.Response(text="ok"), ""
         body = json.dumps({"status": "not ready", "reasons": reasons})

@@ -18,6 +18,7 @@ from proxy import __version__
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
+DEFAULT_PROXY_PORT = 8000
 DEFAULT_METRICS_PORT = 14637
 """Off the ports apps use (8080, 9090, 9100...); why this one: README, "Ports"."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -71,7 +72,7 @@ class Settings:
     authority_host: str = DEFAULT_AUTHORITY_HOST
     ca_bundle: str | None = None
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = DEFAULT_PROXY_PORT
     imds_upstream: str | None = DEFAULT_IMDS_UPSTREAM
     """Where allowlisted, non-identity metadata requests go; None: not forwarded."""
     metrics_host: str = "0.0.0.0"
@@ -84,6 +85,12 @@ class Settings:
     event_loop: str = "auto"
     """`auto` (uvloop when installed), `uvloop` or `asyncio`; see `proxy.eventloop`."""
     entra_timeout: float = 10.0
+    """The whole exchange's deadline (connect, TLS, every read), not a per-read timeout."""
+    new_resource_rate: float = 2.0
+    """Exchanges per second for tokens not held yet (a token bucket; refreshes are free)."""
+    new_resource_burst: int = 20
+    expose_status: bool = False
+    """Also serve /status and /report on the metrics listener (they name the identity)."""
     cache_max_entries: int = 1024
     rejected_ttl: float = 5.0
     propagation_window: float = 300.0
@@ -164,7 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--entra-timeout",
         type=float,
         default=_DEFAULT["entra_timeout"],
-        help="seconds per call to Entra ID",
+        help="deadline in seconds for a whole exchange with Entra ID (connect, TLS, "
+        "every read); a caller still waiting then gets 503 with Retry-After",
+    )
+    add(
+        "--new-resource-rate",
+        type=float,
+        default=_DEFAULT["new_resource_rate"],
+        help="exchanges per second for tokens not held yet, after a burst of "
+        "--new-resource-burst; more callers get 429 with Retry-After (refreshes are never "
+        "limited) (default %(default)s)",
+    )
+    add(
+        "--new-resource-burst",
+        type=int,
+        default=_DEFAULT["new_resource_burst"],
+        help="exchanges for tokens not held yet allowed at once (default %(default)s)",
+    )
+    add(
+        "--expose-status",
+        action="store_true",
+        help="also serve /status and /report on the metrics listener; by default they are "
+        "served on the pod-local token port only, because they name the identity",
     )
     add(
         "--cache-max-entries",
@@ -244,6 +272,10 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     ):
         if not value >= 0:
             raise ConfigError(f"{name}: must not be negative")
+    if not args.new_resource_rate > 0:
+        raise ConfigError("--new-resource-rate: must be positive")
+    if args.new_resource_burst < 1:
+        raise ConfigError("--new-resource-burst: must be at least 1")
     if args.cache_max_entries < 1:
         raise ConfigError("--cache-max-entries: must be at least 1")
     prefetch = tuple(r.strip() for r in args.prefetch_resource)
@@ -271,6 +303,9 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         drain_idle=args.drain_idle,
         event_loop=args.event_loop,
         entra_timeout=args.entra_timeout,
+        new_resource_rate=args.new_resource_rate,
+        new_resource_burst=args.new_resource_burst,
+        expose_status=args.expose_status,
         cache_max_entries=args.cache_max_entries,
         rejected_ttl=args.rejected_ttl,
         propagation_window=args.propagation_window,

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 
-from proxy.logs import get_logger
+from proxy.logs import get_logger, redact_secret
 
 log = get_logger("proxy.identity_header")
 RECHECK_SECONDS = 1.0
@@ -80,4 +80,7 @@ class IdentityHeaderSecret:
 
 def _encoded(value: str | None) -> bytes | None:
     value = (value or "").strip()
-    return value.encode("utf-8", "surrogateescape") if value else None
+    if not value:
+        return None
+    redact_secret(value)  # a malformed request carrying it must not put it in a log line
+    return value.encode("utf-8", "surrogateescape")

@@ -24,6 +24,7 @@ from proxy.tokens.errors import (
     EntraUnavailable,
     FederationPending,
     TokenError,
+    TooManyNewTokens,
 )
 from proxy.tokens.model import AccessToken, TokenKey
 
@@ -39,6 +40,9 @@ _SELECTORS = {
     "msi-res-id": "resource_id",
 }
 """Query parameters that name an identity other than by client id, and what they name."""
+_UNDECODABLE = "\ufffd"
+"""What the query parser puts where percent-decoded bytes were not UTF-8 (`%ff%fe`): such a
+value is refused, never sent to Entra ID with the bytes guessed at."""
 MAX_RETRY_AFTER = 60
 """Longest Retry-After sent: azidentity gives up beyond it, MSAL Python goes silent for it."""
 TRANSIENT_RETRY_AFTER = 5
@@ -167,6 +171,13 @@ def parse_wanted_token(
 ) -> TokenRequest | IdentityQuery:
     """The version-independent part of a token query, in IMDS's order: resource, then
     identity (IMDS's selector names; other protocols translate theirs first)."""
+    if any(_UNDECODABLE in value for value in query.values()):
+        raise ImdsError(
+            400,
+            "invalid_request",
+            "The query is not valid UTF-8 once percent-decoded",
+            reason="encoding",
+        )
     resource = query.get("resource", "").strip()
     if not resource:
         raise ImdsError(
@@ -334,6 +345,14 @@ def error_for(exc: TokenError) -> ImdsError:
             exc.description,
             retry_after=exc.retry_after,
             reason="throttled",
+        )
+    if isinstance(exc, TooManyNewTokens):
+        return ImdsError(
+            429,
+            "too_many_requests",
+            exc.description,
+            retry_after=exc.retry_after,
+            reason="rate_limited",
         )
     if isinstance(exc, FederationPending):
         # Transient by construction: SDKs retry a 5xx, while a 400 would be final for them.

@@ -4,7 +4,8 @@ structlog writes the events (an exchange, a failure, start and stop); standard-l
 loggers (aiohttp, MSAL, asyncio) are rendered by the same chain, so an operator reads one
 format. The per-request line is formatted by `proxy.requestlog` in the same shape, into
 the same buffered stream. A redaction step removes anything shaped like a JWT from every
-line, whoever wrote it.
+line, whoever wrote it, tracebacks included (it runs after they are rendered), and so do
+the literal secrets registered with `redact_secret` (the App Service secret).
 """
 
 from __future__ import annotations
@@ -29,15 +30,38 @@ _LEVELS = {
 }
 
 
+_secrets: tuple[str, ...] = ()
+MAX_SECRETS = 4
+"""Registered secrets kept (the current one and a few it replaced)."""
+MIN_SECRET_LENGTH = 8
+"""Shorter values are not registered: blanking them would blank ordinary words."""
+
+
+def redact_secret(value: str) -> None:
+    """Blank `value` wherever it appears in a log line from now on (a shared secret that a
+    malformed request may carry into a parser's error message)."""
+    global _secrets
+    value = value.strip()
+    if len(value) >= MIN_SECRET_LENGTH and value not in _secrets:
+        _secrets = (value, *_secrets)[:MAX_SECRETS]
+
+
 def redact_text(text: str) -> str:
-    """`text` with JWT-shaped parts (access or service-account tokens) blanked out."""
-    return _JWT_LIKE.sub("[redacted]", text) if "eyJ" in text else text
+    """`text` with JWT-shaped parts (access or service-account tokens) and registered
+    secrets blanked out."""
+    if "eyJ" in text:
+        text = _JWT_LIKE.sub("[redacted]", text)
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    return text
 
 
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """The structlog processor: `redact_text` on every string value."""
+    """The structlog processor: `redact_text` on every string value (the rendered
+    traceback included: it runs after `format_exc_info`)."""
     for key, value in event_dict.items():
-        if isinstance(value, str) and "eyJ" in value:
+        if isinstance(value, str):
             event_dict[key] = redact_text(value)
     return event_dict
 
@@ -86,8 +110,8 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     structlog.configure(
         processors=[
             *shared,
-            redact,
             structlog.processors.format_exc_info,
+            redact,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -100,8 +124,8 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                redact,
                 structlog.processors.format_exc_info,
+                redact,
                 renderer,
             ],
         )

@@ -34,6 +34,8 @@ EXACT_ROUTES = {
     APP_SERVICE_PATH + "/": "appservice",
     "/readyz": "readyz",
     "/healthz": "healthz",
+    "/status": "status",
+    "/report": "report",
 }
 """Canonical (lower-case) paths answered by the proxy itself, and their route names."""
 

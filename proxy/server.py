@@ -8,8 +8,14 @@ arrives earlier waits for that import, like any first exchange waits for Entra I
 Stop (`serve`): a classic sidecar gets SIGTERM together with the app, which may still
 need tokens while it drains; a native sidecar gets it once the app has exited. So the
 token listener keeps answering until no request has arrived for `--drain-idle` seconds
-(or `--shutdown-grace` runs out), then closes, lets in-flight requests finish within
-what is left of the grace, cancels the rest and exits 0.
+(or all but the last `stop_reserve` of `--shutdown-grace` has passed), then closes; the
+requests still waiting for Entra ID get until half that reserve is left, then a 503 with
+Retry-After (never a dropped connection), and the process exits 0 within the grace,
+whatever Entra does. SIGHUP is treated as SIGTERM: a graceful drain, never dropped work.
+
+Probes and scrapes never wait for Entra: exchanges run in their own thread pool under a
+total deadline (`proxy.tokens.entra`), readiness is computed from state on the loop, and
+both listeners are bounded (`proxy.listener`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
+import resource
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +39,10 @@ from proxy.counters import ExchangeMetrics, RequestMetrics
 from proxy.eventloop import running_loop_name
 from proxy.forward import Forwarder
 from proxy.identities import IdentityDirectory
+from proxy.listener import BoundedServer
 from proxy.logs import get_logger
 from proxy.requestlog import RequestLog
-from proxy.status import status_page
+from proxy.scrape import MetricsHttp
 from proxy.tokens.cache import CachePolicy, TokenCache
 from proxy.tokens.deferred import DeferredExchange
 from proxy.tokens.errors import CredentialUnavailable
@@ -48,9 +56,21 @@ if TYPE_CHECKING:
 log = get_logger("proxy.server")
 SA_RETRY_INTERVAL = 30.0
 """While the service-account token is unreadable: how often to look again (and warn)."""
-WORKER_THREADS = 4
-"""Threads for blocking work (MSAL calls, token-file reads). asyncio's default grows with
-the node's cores, not the pod's share; each thread keeps its stack and malloc arena."""
+WORKER_THREADS = 2
+"""Threads for the loop's own blocking work (the deferred imports). Exchanges have a pool
+of their own. asyncio's default grows with the node's cores, not the pod's share; each
+thread keeps its stack and malloc arena."""
+TOKEN_MAX_CONNECTIONS = 512
+"""Open connections on the token port (reachable from the pod only) at most."""
+TOKEN_HEADER_TIMEOUT = 30.0
+"""Seconds a token-port connection has to send a request's headers (and to sit idle)."""
+METRICS_MAX_CONNECTIONS = 32
+"""Open connections on the metrics port (reachable from the cluster network) at most."""
+METRICS_HEADER_TIMEOUT = 5.0
+"""Seconds a metrics connection has to send a request's headers (and to sit idle)."""
+STOP_RESERVE = 2.0
+"""Seconds at the end of the grace kept for answering the requests still waiting (503)
+and exiting; at most a fifth of the grace."""
 SA_EXPIRY_WARNING = 600.0
 """kubelet rotates at 80% of the token's life (12 minutes before a 1-hour token expires)."""
 
@@ -78,6 +98,8 @@ class ProxyServer:
                 max_entries=settings.cache_max_entries,
                 rejected_ttl=settings.rejected_ttl,
                 propagation_window=settings.propagation_window,
+                new_token_rate=settings.new_resource_rate,
+                new_token_burst=settings.new_resource_burst,
             ),
         )
         self.forwarder = Forwarder(settings.imds_upstream)
@@ -93,7 +115,7 @@ class ProxyServer:
         self.registry: CollectorRegistry | None = None
         self._runners: list[web.BaseRunner] = []
         self._token_site: web.TCPSite | None = None
-        self._token_server: web.Server | None = None
+        self._token_server: BoundedServer | None = None
         self._service_account_expires_at: float | None = None
         """As last read off the loop (the watch, a scrape): a scrape must not read the file
         on the loop."""
@@ -132,8 +154,14 @@ class ProxyServer:
         s = self.settings
         await self.forwarder.start()
         handler = self.http = ProxyHttp(self.proxy, RequestLog(s.log_level, s.log_format))
-        server = self._token_server = web.Server(handler, access_log=None)
-        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=s.shutdown_grace)
+        server = self._token_server = BoundedServer(
+            handler,
+            name="token",
+            max_connections=TOKEN_MAX_CONNECTIONS,
+            header_timeout=TOKEN_HEADER_TIMEOUT,
+        )
+        # `stop` waits for in-flight requests itself; the runner's own wait is a backstop.
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         self._runners.append(runner)  # before binding: stop() cleans up even if that fails
         self._token_site = web.TCPSite(runner, s.host, s.port)
@@ -144,11 +172,20 @@ class ProxyServer:
             registry = self.registry = await asyncio.to_thread(
                 self._build_registry, running_loop_name()
             )
-            metrics = web.AppRunner(
-                self._metrics_app(registry),
-                access_log=None,
+            metrics = web.ServerRunner(
+                BoundedServer(
+                    MetricsHttp(
+                        registry,
+                        self.proxy,
+                        self._read_service_account,
+                        expose_status=s.expose_status,
+                    ),
+                    name="metrics",
+                    max_connections=METRICS_MAX_CONNECTIONS,
+                    header_timeout=METRICS_HEADER_TIMEOUT,
+                ),
                 handle_signals=False,
-                shutdown_timeout=1.0,
+                shutdown_timeout=0.5,
             )
             await metrics.setup()
             self._runners.append(metrics)
@@ -189,30 +226,40 @@ class ProxyServer:
             await asyncio.sleep(end - now)
 
     async def stop(self, deadline: float | None = None) -> None:
-        """Close the token listener, give in-flight requests until `deadline` (monotonic;
-        default: the whole grace from now), then close everything else."""
+        """Close the token listener, give in-flight requests until half the stop reserve
+        is left before `deadline` (monotonic; default: the whole grace from now), answer
+        the ones still waiting for Entra ID with 503, then close everything else."""
         started = time.monotonic()
         if deadline is None:
             deadline = started + self.settings.shutdown_grace
+        answer_by = deadline - stop_reserve(self.settings.shutdown_grace) / 2
+        loop = asyncio.get_running_loop()
+        # At `answer_by`, waiting callers are answered 503 (the exchanges are abandoned).
+        abandon = loop.call_later(
+            max(answer_by - time.monotonic(), 0.0),
+            lambda: self._background.append(loop.create_task(self.cache.abandon())),
+        )
         if self._token_site is not None and self._token_server is not None:
             await self._token_site.stop()  # no new connections
-            self._token_server.pre_shutdown()
-            await self._token_server.shutdown(max(deadline - time.monotonic(), 0.0))
+            self._token_server.pre_shutdown()  # idle keep-alive connections close
+            await self._token_server.shutdown(max(deadline - time.monotonic() - 0.25, 0.0))
+        abandon.cancel()
+        await self.cache.abandon()
         for runner in self._runners:  # the token listener's has nothing left to wait for
             await runner.cleanup()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.cache.close()
         await self.forwarder.close()
-        self.exchange.close()
+        await self.exchange.aclose()
         log.info("stopped the proxy server", seconds=round(time.monotonic() - started, 3))
         logs.stream().flush()
 
-    async def _read_service_account(self) -> float | None:
-        """The token's expiry, read in a worker thread; raises `CredentialUnavailable`."""
+    def _read_service_account(self) -> float | None:
+        """The token's expiry (a stat, and a read when kubelet replaced the file: on the
+        loop, so that scrapes never wait behind exchanges); raises `CredentialUnavailable`."""
         try:
-            expires_at = (await asyncio.to_thread(self.assertion.current)).expires_at
+            expires_at = self.assertion.current().expires_at
         except CredentialUnavailable:
             self._service_account_expires_at = None
             raise
@@ -229,7 +276,7 @@ class ProxyServer:
         hour; scrapes read the file themselves, so the gauge stays current."""
         while True:
             try:
-                expires_at = await self._read_service_account()
+                expires_at = self._read_service_account()
             except CredentialUnavailable as exc:
                 log.warning("service-account token unavailable", reason=exc.description)
                 await asyncio.sleep(SA_RETRY_INTERVAL)
@@ -247,29 +294,6 @@ class ProxyServer:
             else:
                 await asyncio.sleep(left - SA_EXPIRY_WARNING + 1.0)
 
-    def _metrics_app(self, registry: CollectorRegistry) -> web.Application:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        async def metrics(request: web.Request) -> web.Response:
-            if request.path != "/metrics" or request.method != "GET":
-                raise web.HTTPNotFound()
-            with contextlib.suppress(CredentialUnavailable):  # absent: the gauge is left out
-                await self._read_service_account()
-            payload = generate_latest(registry)  # on the loop: the collector reads live state
-            return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def report(request: web.Request) -> web.Response:
-            return web.json_response(self.proxy.callers.report())  # the migration report
-
-        async def status(request: web.Request) -> web.Response:
-            return web.json_response(await status_page(self.proxy))  # readiness, last failure
-
-        app = web.Application()
-        app.router.add_get("/report", report)
-        app.router.add_get("/status", status)
-        app.router.add_route("*", "/{tail:.*}", metrics)
-        return app
-
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, drain, then stop gracefully (see the module's text)."""
@@ -277,21 +301,42 @@ async def serve(settings: Settings) -> None:
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="imds-proxy")
     )
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    stopping: asyncio.Future[signal.Signals] = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, _first_signal, stopping, sig)
+    raise_open_file_limit()
     server = ProxyServer(settings)
     deadline: float | None = None
     try:
         await server.start()
-        await stopping.wait()
+        received = await stopping
         deadline = time.monotonic() + settings.shutdown_grace
         log.info(
             "shutting down",
+            signal=received.name,
             grace_seconds=settings.shutdown_grace,
             drain_idle_seconds=settings.drain_idle,
         )
-        await server.drain(settings.drain_idle, deadline)
+        await server.drain(settings.drain_idle, deadline - stop_reserve(settings.shutdown_grace))
     finally:
         with contextlib.suppress(Exception):
             await server.stop(deadline)
+
+
+def _first_signal(stopping: asyncio.Future[signal.Signals], sig: signal.Signals) -> None:
+    if not stopping.done():
+        stopping.set_result(sig)
+
+
+def stop_reserve(grace: float) -> float:
+    """The end of the grace kept for answering waiting requests and exiting."""
+    return min(STOP_RESERVE, grace / 5)
+
+
+def raise_open_file_limit() -> None:
+    """Soft open-file limit up to the hard one (as Go programs do): the connection caps,
+    not a low default, decide how many sockets the proxy may hold."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,20 +1,28 @@
-"""`GET /status` on the metrics listener: readiness and the last failure, as JSON.
+"""`GET /status` and `GET /report`: readiness, the last failure and the migration report.
 
-Read by `imds-proxy doctor` from inside the pod, so an operator sees what the running
-process last saw. Descriptions are the ones callers already get: no token, no assertion.
+They name the tenant, the client id, the cluster's issuer and the SDKs in use, so they are
+served on the pod-local token port (read with `kubectl exec ... -- /proxy doctor` or
+`/proxy report`, or through `kubectl port-forward`), and on the metrics listener, which the
+whole cluster network reaches, only with `--expose-status`. Descriptions are the ones
+callers already get: no token, no assertion.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
-from proxy.app import Proxy
+
+if TYPE_CHECKING:
+    from proxy.app import Proxy
+
+Page = Callable[["Proxy"], dict[str, Any]]
 
 
-async def status_page(proxy: Proxy) -> dict[str, Any]:
-    reasons = await proxy.not_ready_reasons()
+def status_page(proxy: Proxy) -> dict[str, Any]:
+    reasons = proxy.not_ready_reasons()
     failure = proxy.cache.last_failure
     return {
         "version": __version__,
@@ -28,3 +36,12 @@ async def status_page(proxy: Proxy) -> dict[str, Any]:
             for (cause, phase), count in sorted(proxy.cache.stats.federation_failures.items())
         ],
     }
+
+
+def report_page(proxy: Proxy) -> dict[str, Any]:
+    return proxy.callers.report()
+
+
+def inspection_pages() -> dict[str, Page]:
+    """The pages by route name (`proxy.paths.EXACT_ROUTES`)."""
+    return {"status": status_page, "report": report_page}

@@ -22,6 +22,7 @@ from proxy.tokens.errors import (
     EntraThrottled,
     EntraUnavailable,
     TokenError,
+    TooManyNewTokens,
 )
 from proxy.tokens.model import AccessToken, TokenKey
 from tests.clock import T0, FakeClock
@@ -32,7 +33,7 @@ KEY = TokenKey(TENANT, CLIENT, "https://vault.azure.net/.default")
 OTHER = TokenKey(TENANT, CLIENT, "https://storage.azure.com/.default")
 THIRD = TokenKey(TENANT, CLIENT, "https://management.azure.com/.default")
 LIFETIME = 3600.0
-STALE_AT = T0 + LIFETIME - 600.0  # the default serve_margin
+STALE_AT = T0 + LIFETIME - 5.0  # served while valid: up to the default outage_floor
 EXPIRES_ON = T0 + LIFETIME
 
 
@@ -213,19 +214,19 @@ async def test_outage_serves_a_valid_token_until_the_outage_floor_never_past_exp
     cache = make_cache(exchange, clock)
     token = await cache.get(KEY)
     exchange.failure = failure
-    clock.now = STALE_AT + 1
-    assert await cache.get(KEY) is token
-    assert cache.stats.stale_served == 1
+    clock.now = EXPIRES_ON - 600
+    assert await cache.get(KEY) is token  # at once; the refresh behind it fails
+    await settle()
+    assert len(exchange.calls) == 2
     clock.now = EXPIRES_ON - 5.0 - 0.001  # outage_floor defaults to 5 s
     assert await cache.get(KEY) is token
-    assert cache.stats.stale_served == 2
     clock.now = EXPIRES_ON - 5.0
     with pytest.raises(type(failure)):
         await cache.get(KEY)
     clock.now = EXPIRES_ON + 60
     with pytest.raises(type(failure)):
         await cache.get(KEY)
-    assert cache.stats.stale_served == 2
+    assert cache.stats.stale_served == 0
     assert cache.lookup(KEY) is None
 
 
@@ -246,13 +247,14 @@ async def test_remembered_outage_still_serves_the_valid_token_without_calling(
     cache = make_cache(exchange, clock)
     token = await cache.get(KEY)
     exchange.failure = EntraThrottled("slow down", retry_after=300.0)
-    clock.now = STALE_AT + 1
-    assert await cache.get(KEY) is token
+    clock.now = EXPIRES_ON - 600
+    assert await cache.get(KEY) is token  # the refresh behind it is throttled for 300 s
+    await settle()
     clock.advance(100)
     assert await cache.get(KEY) is token
-    assert len(exchange.calls) == 2
-    assert cache.stats.failures_replayed == 1
-    assert cache.stats.stale_served == 2
+    await settle()
+    assert len(exchange.calls) == 2, "no call while the throttling is remembered"
+    assert cache.stats.exchange_failures == 1
 
 
 async def test_rejection_is_not_hidden_by_a_still_valid_token(
@@ -330,15 +332,18 @@ async def test_refresh_point_is_fraction_plus_minus_jitter(
 async def test_refresh_point_beyond_stale_at_is_clamped_to_it(
     exchange: FakeExchange, clock: FakeClock
 ) -> None:
-    # 0.8 + 0.1 of the life is 3240 s, past stale_at (3000 s)
-    cache = make_cache(exchange, clock, rand=1.0, refresh_fraction=0.8, refresh_jitter=0.1)
+    # 0.95 + 0.04 of the life is 3564 s, past stale_at (3595 s less the floor of 120 s)
+    cache = make_cache(
+        exchange, clock, rand=1.0, refresh_fraction=0.95, refresh_jitter=0.04, outage_floor=120
+    )
+    stale_at = EXPIRES_ON - 120
     first = await cache.get(KEY)
-    clock.now = STALE_AT - 0.01
+    clock.now = stale_at - 0.01
     assert cache.lookup(KEY) is first
     assert cache.stats.refreshes == 0
-    clock.now = STALE_AT
+    clock.now = stale_at
     assert cache.lookup(KEY) is None
-    clock.now = T0 + 3100  # before the unclamped point: still not served
+    clock.now = T0 + 3500  # before the unclamped point: still not served
     assert cache.lookup(KEY) is None
     assert not cache.holds_valid(KEY)
 
@@ -408,11 +413,11 @@ async def test_short_lived_tokens_are_served_for_most_of_their_life(
 
 
 @pytest.mark.parametrize("lifetime", [1800.0, 3599.0, 5400.0, 86400.0])
-async def test_a_token_handed_out_has_at_least_ten_minutes_left(
+async def test_a_valid_token_is_answered_at_once_while_its_refresh_hangs(
     clock: FakeClock, lifetime: float
 ) -> None:
-    """Clients treat a token with less than five minutes left as expired and ask again,
-    so even while a refresh is slow to come back, what is served has ten minutes left."""
+    """Stale while revalidate: a refresh that does not come back never makes a caller
+    wait while the token it holds is valid (up to the floor a caller needs to use it)."""
     exchange = FakeExchange(clock, lifetime=lifetime)
     cache = make_cache(exchange, clock, rand=1.0)  # the latest refresh point
     await cache.get(KEY)
@@ -424,7 +429,7 @@ async def test_a_token_handed_out_has_at_least_ten_minutes_left(
             served.append(token.expires_on - clock.now)
         await settle()
     assert len(exchange.calls) == 2, "one refresh, still under way"
-    assert len(served) > 600 and min(served) >= 600.0
+    assert len(served) >= 990 and min(served) >= 5.0
     exchange.gate.set()
     await settle()
 
@@ -765,15 +770,19 @@ async def test_prefetch_fills_the_cache_and_logs_failures_without_raising(
     assert cache.stats.hits == 1
 
 
-async def test_close_cancels_exchanges_in_flight(exchange: FakeExchange, clock: FakeClock) -> None:
+async def test_abandon_answers_waiters_with_a_transient_failure(
+    exchange: FakeExchange, clock: FakeClock
+) -> None:
+    """At shutdown, a caller still waiting for Entra gets a 503-to-be, not a cut-off."""
     cache = make_cache(exchange, clock)
     exchange.gate = asyncio.Event()
     waiter = asyncio.create_task(cache.get(KEY))
     await settle()
-    await asyncio.wait_for(cache.close(), timeout=1)
+    await asyncio.wait_for(cache.abandon(), timeout=1)
     assert exchange.cancelled == 1
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(EntraUnavailable, match="shutting down") as raised:
         await waiter
+    assert raised.value.retry_after == 1.0
 
 
 async def test_close_cancels_a_background_refresh(exchange: FakeExchange, clock: FakeClock) -> None:
@@ -784,14 +793,14 @@ async def test_close_cancels_a_background_refresh(exchange: FakeExchange, clock:
     assert cache.lookup(KEY) is first
     await settle()
     assert len(exchange.calls) == 2
-    await asyncio.wait_for(cache.close(), timeout=1)
+    await asyncio.wait_for(cache.abandon(), timeout=1)
     assert exchange.cancelled == 1
 
 
 async def test_close_without_exchanges_returns(exchange: FakeExchange, clock: FakeClock) -> None:
     cache = make_cache(exchange, clock)
     await cache.get(KEY)
-    await asyncio.wait_for(cache.close(), timeout=1)
+    await asyncio.wait_for(cache.abandon(), timeout=1)
     assert exchange.cancelled == 0
     assert cache.lookup(KEY) is not None
 
@@ -816,7 +825,7 @@ async def test_remembered_failures_are_bounded_below_the_cache_size(
 ) -> None:
     """Distinct rejected resources keep at most `max_failures` error texts, however many
     come, and tokens are not touched."""
-    cache = make_cache(exchange, clock, max_entries=1024, max_failures=4)
+    cache = make_cache(exchange, clock, max_entries=1024, max_failures=4, new_token_burst=100)
     await cache.get(KEY)
     exchange.failure = rejected()
     for i in range(50):
@@ -850,3 +859,46 @@ async def test_failures_leave_no_reference_cycles(clock: FakeClock) -> None:
     finally:
         gc.enable()
     assert unreachable == 0
+
+
+# -- stale while revalidate, and the new-token limit -------------------------------------
+
+
+async def test_past_its_refresh_point_a_valid_token_is_answered_while_the_refresh_runs(
+    exchange: FakeExchange, clock: FakeClock
+) -> None:
+    cache = make_cache(exchange, clock, refresh_fraction=0.5, refresh_jitter=0.0)
+    first = await cache.get(KEY)
+    exchange.gate = asyncio.Event()  # Entra hangs
+    clock.now = EXPIRES_ON - 60  # long past the refresh point, one minute left
+    assert await asyncio.wait_for(cache.get(KEY), timeout=0.1) is first
+    await settle()
+    assert len(exchange.calls) == 2
+    exchange.gate.set()
+    await settle()
+    assert cache.lookup(KEY) is not first  # the refresh landed
+
+
+async def test_new_tokens_are_limited_by_a_bucket_but_hits_and_refreshes_never(
+    exchange: FakeExchange, clock: FakeClock
+) -> None:
+    cache = make_cache(exchange, clock, new_token_rate=2.0, new_token_burst=5)
+    held = await cache.get(KEY)
+    refused = 0
+    for i in range(200):
+        try:
+            await cache.get(TokenKey(TENANT, CLIENT, f"https://bogus-{i}.example/.default"))
+        except TooManyNewTokens as exc:
+            refused += 1
+            assert 0 < exc.retry_after <= 0.5
+    assert (len(exchange.calls), refused) == (5, 196)
+    assert cache.stats.rate_limited == 196
+    assert cache.lookup(KEY) is held  # hits are never limited
+    clock.now = T0 + LIFETIME * 0.7  # past the refresh point: the refresh is not limited
+    assert cache.lookup(KEY) is held
+    await settle()
+    assert len(exchange.calls) == 6
+    clock.advance(0.5)  # one more new token after half a second at 2 per second
+    await cache.get(TokenKey(TENANT, CLIENT, "https://later.example/.default"))
+    assert len(exchange.calls) == 7
+    assert len(cache) == 1 + 4 + 1, "refused keys leave no entry behind"

@@ -39,10 +39,10 @@ class Run:
         raise AssertionError(f"no {mark} {name} line in:\n{self.out}\n{self.err}")
 
 
-def doctor(env: Mapping[str, str], *args: str, metrics_port: int | None = None) -> Run:
-    port = free_port() if metrics_port is None else metrics_port  # nobody listens there
+def doctor(env: Mapping[str, str], *args: str, proxy_port: int | None = None) -> Run:
+    port = free_port() if proxy_port is None else proxy_port  # nobody listens there
     done = subprocess.run(
-        [sys.executable, "-m", "proxy", "doctor", f"--metrics-port={port}", *args],
+        [sys.executable, "-m", "proxy", "doctor", f"--proxy-port={port}", *args],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
         capture_output=True,
         timeout=60,
@@ -68,7 +68,7 @@ def token_file(tmp_path: Path, token: str) -> str:
 
 def test_a_working_setup_passes_every_check(fake_entra: FakeEntra, tmp_path: Path) -> None:
     with running_proxy(fake_entra.env(), tmp_path) as proxy:
-        run = doctor(fake_entra.env(), metrics_port=proxy.metrics_port)
+        run = doctor(fake_entra.env(), proxy_port=proxy.port)
     assert run.code == 0, run.out + run.err
     for name in ("settings", "service-account token", "authority", "exchange", "running proxy"):
         run.line("✔", name)
@@ -183,7 +183,7 @@ def test_the_running_proxys_failure_is_reported(fake_entra: FakeEntra, tmp_path:
         while "federated credential is not effective yet" not in proxy.log_text():
             assert time.monotonic() < deadline, proxy.log_text()
             time.sleep(0.1)
-        run = doctor(fake_entra.env(), metrics_port=proxy.metrics_port)
+        run = doctor(fake_entra.env(), proxy_port=proxy.port)
     line = run.line("✘", "running proxy")
     assert "not ready: prefetched tokens not cached yet" in line
     assert "last failure federation_pending" in line
@@ -197,5 +197,5 @@ def test_help_names_the_flags(argv: list[str]) -> None:
         [sys.executable, "-m", "proxy", *argv], capture_output=True, timeout=30, cwd=ROOT
     )
     assert done.returncode == 0
-    for flag in (b"--resource", b"--json", b"--metrics-port"):
+    for flag in (b"--resource", b"--json", b"--proxy-port"):
         assert flag in done.stdout

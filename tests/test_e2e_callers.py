@@ -58,7 +58,7 @@ def nodeauth(js_sdk: Path) -> Path:  # noqa: F811
 
 def imds_proxy(proxy: ProxyProcess, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "proxy", "report", f"--metrics-port={proxy.metrics_port}", *args],
+        [sys.executable, "-m", "proxy", "report", f"--proxy-port={proxy.port}", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -117,7 +117,7 @@ def test_real_clients_are_classified_and_judged(
         ("msrestazure", "0.6.4"): ("no", "replace library msrestazure (MSIAuthentication) with"),
         ("ms-rest-nodeauth", None): ("no", "replace library @azure/ms-rest-nodeauth with"),
     }
-    report = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/report", timeout=10).json()
+    report = requests.get(f"http://127.0.0.1:{proxy.port}/report", timeout=10).json()
     seen = {(c["client"], c["version"]): c for c in report["callers"]}
     assert set(seen) == set(expected)
     for key, (supports, advice) in expected.items():
@@ -217,7 +217,7 @@ def test_hostile_user_agents_stay_bounded(proxy: ProxyProcess) -> None:
     python = "azure-identity-python"
     assert set(labels) == {(python, "no"), (python, "yes"), ("unknown", "unknown")}
     assert sum(labels.values()) == HOSTILE
-    report = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/report", timeout=10).json()
+    report = requests.get(f"http://127.0.0.1:{proxy.port}/report", timeout=10).json()
     assert len(report["callers"]) == 65  # 64 kept, then "other"
     assert all(len(c["version"] or "") <= 32 for c in report["callers"])
     proxy.stop()

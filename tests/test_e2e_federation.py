@@ -160,7 +160,7 @@ def test_metrics_count_federation_failures_by_cause(fake_entra: FakeEntra, tmp_p
     with running_proxy(env, tmp_path) as proxy:
         assert ask(proxy).status_code == 503
         metrics = proxy.metrics()
-        status = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/status", timeout=5).json()
+        status = requests.get(f"http://127.0.0.1:{proxy.port}/status", timeout=5).json()
     labels = 'cause="no_matching_credential",phase="propagating"'
     assert f"imds_proxy_federation_failures_total{{{labels}}} 1.0" in metrics
     assert status["ready"] is True

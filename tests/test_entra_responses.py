@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from aiohttp import web
 
 from proxy.assertion import AssertionSource
 from proxy.devissuer.pki import generate_tls_files
-from proxy.tokens.entra import EntraExchange, SharedTlsAdapter
+from proxy.tokens.entra import EntraExchange
 from proxy.tokens.errors import (
     EntraRejected,
     EntraThrottled,
@@ -98,13 +100,45 @@ async def test_a_non_json_429_is_throttling_with_its_retry_after(
     assert raised.value.retry_after == 120
 
 
-async def test_a_proxy_error_page_is_a_rejection_not_a_bad_resource(
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (407, "<html>proxy authentication</html>"),
+        (400, "<html><body>Bad Request</body></html>"),
+        (400, '{"error": "invalid_request", "error_descr'),  # cut short
+        (400, '{"message": "not an OAuth error"}'),
+    ],
+)
+async def test_a_4xx_that_is_not_entras_json_is_transient_not_final(
+    endpoint: Endpoint, tmp_path: Path, status: int, body: str
+) -> None:
+    """A proxy's page, HTML or truncated JSON is not Entra's judgement of the request: SDKs
+    must retry it (5xx), not give up (a final 400)."""
+    endpoint.answer.status, endpoint.answer.body = status, body
+    with pytest.raises(EntraUnavailable):
+        await exchange_for(endpoint, tmp_path)(KEY)
+
+
+async def test_an_oversized_body_is_refused_and_never_quoted(
     endpoint: Endpoint, tmp_path: Path
 ) -> None:
-    endpoint.answer.status, endpoint.answer.body = 407, "<html>proxy authentication</html>"
+    marker = "AADSTS90002: " + "x" * (10 * 1024 * 1024)
+    endpoint.answer.status = 400
+    endpoint.answer.body = json.dumps({"error": "invalid_request", "error_description": marker})
+    with pytest.raises(EntraUnavailable) as raised:
+        await exchange_for(endpoint, tmp_path)(KEY)
+    assert "oversized" in raised.value.description
+    assert len(raised.value.description) < 200
+
+
+async def test_a_long_error_description_is_cut(endpoint: Endpoint, tmp_path: Path) -> None:
+    endpoint.answer.status = 400
+    endpoint.answer.body = json.dumps(
+        {"error": "invalid_request", "error_description": "AADSTS90002: " + "y" * 30_000}
+    )
     with pytest.raises(EntraRejected) as raised:
         await exchange_for(endpoint, tmp_path)(KEY)
-    assert raised.value.status == 407 and raised.value.error != "invalid_resource"
+    assert len(raised.value.description) <= 1024 + 3
 
 
 async def test_a_non_json_200_is_an_outage(endpoint: Endpoint, tmp_path: Path) -> None:
@@ -133,15 +167,43 @@ async def test_concurrent_exchanges_share_one_tls_context(
     keys = [TokenKey(TENANT, KEY.client_id, f"https://r{i}.example/.default") for i in range(4)]
     tokens = await asyncio.gather(*(exchange(k) for k in keys))
     assert [t.value for t in tokens] == ["eyJ.a.b"] * 4
-    adapter = exchange._http._session.get_adapter(endpoint.authority_host)
-    assert isinstance(adapter, SharedTlsAdapter)
-    pools = adapter.poolmanager.pools
-    keys = pools.keys()  # the container itself cannot be iterated
-    connections = [c for key in keys for c in pools[key].pool.queue if c is not None]
-    sockets = [c.sock for c in connections if c.sock is not None]
-    assert sockets, "the pool kept no connection to look at"
-    assert all(s.context is adapter._context for s in sockets)
-    assert all(s.getpeercert() for s in sockets)  # verified: the peer's certificate is known
+    context = exchange._http._ssl
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] == 1  # the endpoint's CA, loaded once
+    await exchange.aclose()
+
+
+async def test_the_deadline_covers_the_whole_exchange_however_slowly_the_peer_trickles(
+    tmp_path: Path,
+) -> None:
+    """A per-read timeout lets a peer that sends one byte a second hold an exchange for
+    ever; the exchange's deadline ends it, and its thread, on time."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            for _ in range(30):  # bounded: 30 bytes over at most 15 s
+                writer.write(b"H")
+                await writer.drain()
+                await asyncio.sleep(0.5)
+        writer.close()
+
+    tls = generate_tls_files(tmp_path / "pki")
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0, ssl=tls.server_context())
+    port = server.sockets[0].getsockname()[1]
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": time.time() + 3600}).encode())
+    (tmp_path / "token").write_text("eyJhbGciOiJub25lIn0." + claims.decode().rstrip("=") + ".s")
+    exchange = EntraExchange(
+        f"https://127.0.0.1:{port}",
+        AssertionSource(str(tmp_path / "token")),
+        ca_bundle=str(tls.ca_bundle),
+        timeout=2,
+    )
+    started = time.monotonic()
+    with pytest.raises(EntraUnavailable):
+        await exchange(KEY)
+    assert time.monotonic() - started < 3.0
+    await exchange.aclose()
+    server.close()
 
 
 async def test_a_server_the_ca_bundle_does_not_vouch_for_is_refused(

@@ -7,6 +7,7 @@ server works whether it is reached as ``127.0.0.1``, ``localhost`` or a namespac
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -99,7 +100,7 @@ async def jwks(request: web.Request) -> web.Response:
     return web.json_response(state.signing_key.jwks())
 
 
-async def token(request: web.Request) -> web.Response:
+async def token(request: web.Request) -> web.StreamResponse:
     """``POST /{tenant}/oauth2/v2.0/token``: client credentials with a federated assertion.
 
     The request is counted on arrival and its outcome when answered, entirely between
@@ -145,6 +146,9 @@ async def token(request: web.Request) -> web.Response:
                 "invalid_request",
                 "Request to External OIDC endpoint failed.",
             ).response(host=request.host, correlation_id=correlation_id)
+        if mode in HOSTILE:
+            stats.by_outcome[mode] += 1
+            return await HOSTILE[mode](request, behaviour.delay)
         if mode == "fail":
             stats.by_outcome["failed"] += 1
             return EntraError(
@@ -169,6 +173,55 @@ async def token(request: web.Request) -> web.Response:
         )
     finally:
         state.stats.in_flight = max(0, state.stats.in_flight - 1)
+
+
+HANG_SECONDS = 120.0
+"""How long `hang` keeps a request unanswered (bounded: the issuer is a test tool)."""
+HUGE_BODY = 10 * 1024 * 1024
+
+
+async def _hang(request: web.Request, delay: float) -> web.StreamResponse:
+    await asyncio.sleep(HANG_SECONDS)
+    return web.Response(status=503, text="hung")
+
+
+async def _trickle(request: web.Request, delay: float) -> web.StreamResponse:
+    """A 200 whose body never completes in time: one byte per `delay` (1 s by default)."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    for byte in b'{"token_type": "Bearer", "expires_in": 3599, "access_token": "' * 4:
+        await response.write(bytes([byte]))
+        await asyncio.sleep(delay or 1.0)
+    return response
+
+
+async def _html(request: web.Request, delay: float) -> web.StreamResponse:
+    return web.Response(
+        status=400, text="<html><body><h1>Bad Request</h1></body></html>", content_type="text/html"
+    )
+
+
+async def _truncated(request: web.Request, delay: float) -> web.StreamResponse:
+    return web.Response(
+        status=400,
+        text='{"error": "invalid_request", "error_description": "AADSTS9000',
+        content_type="application/json",
+    )
+
+
+async def _huge(request: web.Request, delay: float) -> web.StreamResponse:
+    description = "AADSTS90002: " + "x" * HUGE_BODY
+    body = json.dumps({"error": "invalid_request", "error_description": description})
+    return web.Response(status=400, text=body, content_type="application/json")
+
+
+HOSTILE = {
+    "hang": _hang,
+    "trickle": _trickle,
+    "html": _html,
+    "truncated": _truncated,
+    "huge": _huge,
+}
 
 
 def create_app(state: IssuerState) -> web.Application:

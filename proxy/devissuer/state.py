@@ -16,8 +16,32 @@ from typing import Any, Literal, cast
 from proxy.devissuer.satoken import DEFAULT_AUDIENCE, ServiceAccountTokenSource
 from proxy.devissuer.signing import SigningKey
 
-Mode = Literal["normal", "throttle", "fail", "issuer_unreachable"]
-MODES: tuple[Mode, ...] = ("normal", "throttle", "fail", "issuer_unreachable")
+Mode = Literal[
+    "normal",
+    "throttle",
+    "fail",
+    "issuer_unreachable",
+    "hang",
+    "trickle",
+    "html",
+    "truncated",
+    "huge",
+]
+MODES: tuple[Mode, ...] = (
+    "normal",
+    "throttle",
+    "fail",
+    "issuer_unreachable",
+    "hang",
+    "trickle",
+    "html",
+    "truncated",
+    "huge",
+)
+"""How the token endpoint answers. Beyond the failures Entra ID really gives, the hostile
+ones a client must survive: `hang` (no answer for `HANG_SECONDS`), `trickle` (a 200 whose
+body comes one byte every `delay` seconds, 1 by default), `html` and `truncated` (a 400
+that is not OAuth JSON) and `huge` (a 10 MB OAuth error)."""
 """``issuer_unreachable``: Entra cannot fetch the cluster issuer's discovery (AADSTS90061)."""
 DEFAULT_TOKEN_LIFETIME = 3599
 """Entra's usual ``expires_in`` for app-only tokens (one hour minus a second)."""

@@ -6,6 +6,7 @@ message carries a token or an assertion: only claims, times and Entra's answers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ from proxy.tokens.errors import (
     TokenError,
 )
 from proxy.tokens.federation import AUDIENCE
-from proxy.tokens.model import TokenKey
+from proxy.tokens.model import AccessToken, TokenKey
 
 HTTP_TIMEOUT = 10.0
 STATUS_TIMEOUT = 3.0
@@ -196,13 +197,18 @@ def check_exchange(
         timeout=settings.entra_timeout,
     )
     key = TokenKey(settings.tenant_id, settings.client_id, scope_for(resource))
+
+    async def once() -> AccessToken:
+        try:
+            return await exchange(key)
+        finally:
+            await exchange.aclose()
+
     try:
-        token = exchange.exchange_blocking(key)
+        token = asyncio.run(once())
     except TokenError as exc:
         detail, fix = _exchange_failure(exc)
         return Check(name, False, f"Entra ID refused a token for {resource}: {detail}", fix)
-    finally:
-        exchange.close()
     left = int(token.expires_on - clock())
     return Check(name, True, f"Entra ID issued a token for {resource} ({left} s left)")
 
@@ -222,8 +228,6 @@ def _exchange_failure(exc: TokenError) -> tuple[str, str]:
 def check_running_proxy(host: str, port: int) -> Check:
     name = "running proxy"
     url = f"http://{host}:{port}/status"
-    if port == 0:
-        return Check(name, False, "the metrics listener is off (--metrics-port=0)", None)
     try:
         response = requests.get(url, timeout=STATUS_TIMEOUT)
         status = response.json()
@@ -233,7 +237,7 @@ def check_running_proxy(host: str, port: int) -> Check:
             False,
             f"no answer from {url}",
             "run doctor in the proxy's container (kubectl exec POD -c <proxy container> -- "
-            "/proxy doctor) while it runs; pass --metrics-port if the proxy uses another one",
+            "/proxy doctor) while it runs; pass --proxy-port if the proxy uses another one",
         )
     failure = status.get("last_failure")
     last = (

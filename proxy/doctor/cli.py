@@ -37,12 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
-        "--metrics-port",
+        "--proxy-port",
         type=int,
-        default=defaults.metrics_port,
-        help="the running proxy's metrics port, where GET /status answers (%(default)s)",
+        default=defaults.proxy_port,
+        help="the running proxy's token port, where GET /status answers (%(default)s)",
     )
-    parser.add_argument("--metrics-host", default="127.0.0.1", help="its address (%(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="its address (%(default)s)")
     return parser
 
 
@@ -62,7 +62,7 @@ def run_checks(args: argparse.Namespace, environ: Mapping[str, str]) -> list[Che
             checks.append(Check("exchange", None, "skipped: needs the checks above"))
         else:
             checks.append(check_exchange(settings, args.resource))
-    checks.append(check_running_proxy(args.metrics_host, args.metrics_port))
+    checks.append(check_running_proxy(args.host, args.proxy_port))
     return checks
 
 

@@ -1,4 +1,4 @@
-"""Read the running proxy's `GET /report` (its metrics listener) and print it for people.
+"""Read the running proxy's `GET /report` (its pod-local token listener) and print it for people.
 
 Per caller: family, version, requests, first and last seen, and what to do; then the
 verdict. `--json` prints the same as one JSON document for scripts.
@@ -19,8 +19,6 @@ from proxy import config
 from proxy.report.verdict import DEFAULT_QUIET_DAYS, verdict
 
 TIMEOUT = 5.0
-DEFAULT_METRICS_PORT: int = config.build_parser().get_default("metrics_port")
-"""The proxy's own --metrics-port default (from its Settings): where it serves /report."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imds-proxy report",
         description="Which SDKs still ask this sidecar for tokens, and whether it can be removed.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="the proxy's metrics address")
+    parser.add_argument("--host", default="127.0.0.1", help="the proxy's address")
     parser.add_argument(
-        "--metrics-port",
+        "--proxy-port",
         type=int,
-        default=DEFAULT_METRICS_PORT,
-        help="the proxy's --metrics-port (default %(default)s)",
+        default=config.DEFAULT_PROXY_PORT,
+        help="the proxy's --proxy-port (default %(default)s)",
     )
     parser.add_argument(
         "--days",
@@ -47,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    url = f"http://{args.host}:{args.metrics_port}/report"
+    url = f"http://{args.host}:{args.proxy_port}/report"
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
             report: dict[str, Any] = json.load(response)

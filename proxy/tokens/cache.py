@@ -7,8 +7,12 @@ Everything else happens on a miss (`fetch`) or in the background:
 - refresh ahead: past a jittered point of a token's life (around half of it) the next hit
   starts a background refresh, so a fleet of sidecars does not refresh in lockstep and
   callers never wait at expiry;
-- a token with less than a safe margin left is not served while Entra answers; the
-  margin exceeds the five minutes SDKs keep in reserve, so what we hand out stays usable;
+- stale while revalidate: a token that is still valid is answered at once, and a refresh
+  starts behind it; only a token within `outage_floor` of its expiry (a tenth of its life at
+  most) is no longer served, and only then does a caller wait for Entra;
+- new tokens are rate-limited (`new_token_rate`, `new_token_burst`): a storm of distinct
+  resources is answered 429 at once instead of becoming a storm of calls to Entra ID, while
+  hits and refreshes of tokens held are never limited;
 - failures are remembered by kind: Entra's 4xx briefly, 429 until its Retry-After,
   outages with exponential backoff and jitter, during which a still-valid token is served;
 - federation rejections are propagation-aware: "no matching federated credential" within
@@ -40,8 +44,10 @@ from proxy.tokens.errors import (
     FederationPending,
     FederationRejected,
     TokenError,
+    TooManyNewTokens,
 )
 from proxy.tokens.model import AccessToken, TokenKey
+from proxy.tokens.ratelimit import TokenBucket
 
 Exchange = Callable[[TokenKey], Awaitable[AccessToken]]
 
@@ -62,11 +68,13 @@ class CachePolicy:
     """Refresh ahead at this fraction of a token's lifetime..."""
     refresh_jitter: float = 0.1
     """...plus or minus this fraction, drawn per token."""
-    serve_margin: float = 600.0
-    """Seconds before expiry when a token is no longer served while Entra answers."""
     outage_floor: float = 5.0
-    """During an outage a token is served until this many seconds (at most a tenth of its
-    lifetime) before it expires."""
+    """A token is served until this many seconds (at most a tenth of its lifetime) before
+    it expires, while its refresh runs or Entra is failing."""
+    new_token_rate: float = 2.0
+    """Exchanges per second, on average, for tokens not held yet."""
+    new_token_burst: int = 20
+    """...and at once."""
     rejected_ttl: float = 5.0
     """How long an Entra 4xx for one key is answered from memory."""
     backoff_base: float = 1.0
@@ -92,6 +100,8 @@ class CacheStats:
     evictions: int = 0
     stale_served: int = 0
     failures_replayed: int = 0
+    rate_limited: int = 0
+    """New-token requests refused by the proxy's own limit (Entra ID not asked)."""
     federation_failures: dict[tuple[str, str], int] = field(default_factory=dict)
     """By (cause, phase): phase `propagating` (answered 503) or `final` (answered 400)."""
 
@@ -163,7 +173,9 @@ class TokenCache:
         self._sleep = sleep
         self._entries: OrderedDict[TokenKey, _Entry] = OrderedDict()
         self._identities: OrderedDict[tuple[str, str], _Identity] = OrderedDict()
+        self._new_tokens = TokenBucket(self.policy.new_token_rate, self.policy.new_token_burst)
         self.stats = CacheStats()
+        self._abandoning = False
         self.last_failure: FailureRecord | None = None
 
     def __len__(self) -> int:
@@ -204,6 +216,9 @@ class TokenCache:
 
     async def _fetch(self, key: TokenKey) -> AccessToken:
         self.stats.misses += 1
+        admitted = key not in self._entries
+        if admitted:
+            self._admit_new_token()  # a refused key leaves no entry behind
         entry = self._entry_for(key)
         task = entry.inflight
         if task is None:
@@ -216,6 +231,8 @@ class TokenCache:
             if held is not None:
                 self.stats.failures_replayed += 1
                 return self._serve_despite(entry, now, held)
+            if entry.token is None and not admitted:
+                self._admit_new_token()
             task = self._start_exchange(key, entry, "request")
         try:
             return await asyncio.shield(task)
@@ -224,6 +241,19 @@ class TokenCache:
             wait = entry.blocked_until - now  # ...saying when Entra will be asked again
             failure = exc.again(wait if wait > 0 else None)
         return self._serve_despite(entry, now, failure)
+
+    def _admit_new_token(self) -> None:
+        """Charge the new-token bucket, or raise `TooManyNewTokens` saying when to retry."""
+        wait = self._new_tokens.take(self._clock())
+        if wait > 0:
+            self.stats.rate_limited += 1
+            policy = self.policy
+            raise TooManyNewTokens(
+                "Too many requests for new tokens: this proxy asks Entra ID for at most "
+                f"{policy.new_token_rate:g} new tokens per second (bursts of "
+                f"{policy.new_token_burst}); retry in {math.ceil(wait)} s",
+                wait,
+            )
 
     async def prefetch(self, keys: Iterable[TokenKey]) -> None:
         """Fill the cache at start so the first app request is a hit; failures are logged."""
@@ -245,8 +275,10 @@ class TokenCache:
         times = [e.token.expires_on for e in self._entries.values() if e.token is not None]
         return min(times, default=None)
 
-    async def close(self) -> None:
-        """Cancel exchanges still running, at shutdown."""
+    async def abandon(self) -> None:
+        """At shutdown: end the exchanges still running. Their waiters are answered with a
+        transient failure (503 and Retry-After), not left to be cut off."""
+        self._abandoning = True
         tasks = [e.inflight for e in self._entries.values() if e.inflight is not None]
         for task in tasks:
             task.cancel()
@@ -306,6 +338,10 @@ class TokenCache:
         identity = self._identity_for(key)
         try:
             token = await self._attempt(key, identity)
+        except asyncio.CancelledError:
+            if not self._abandoning:
+                raise
+            raise EntraUnavailable("the proxy is shutting down", 1.0) from None
         except TokenError as exc:
             # Raised unnamed: a local naming it would tie it to this frame (see `fetch`).
             raise self._remember_failure(key, entry, self._judge(identity, exc)) from None
@@ -400,10 +436,9 @@ class TokenCache:
     def _store(self, entry: _Entry, token: AccessToken) -> None:
         policy = self.policy
         lifetime = max(token.lifetime, 0.0)
-        # Short-lived tokens keep a proportional margin, so they are still served (and not
-        # fetched again on every request) for most of their life: past the refresh point
-        # (at most 60% of it), and with the full margin from a 30-minute lifetime on.
-        entry.stale_at = token.expires_on - min(policy.serve_margin, lifetime / 3)
+        # Served while valid (stale while revalidate), up to a floor that leaves the caller
+        # time to use it; short-lived tokens keep a proportional floor.
+        entry.stale_at = token.expires_on - min(policy.outage_floor, lifetime / 10)
         share = policy.refresh_fraction + policy.refresh_jitter * (2 * self._rand() - 1)
         entry.refresh_at = min(token.obtained_at + lifetime * share, entry.stale_at)
         entry.token = token

@@ -37,6 +37,6 @@ class DeferredExchange:
         exchange = self._exchange or await self.load()
         return await exchange(key)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         if self._exchange is not None:
-            self._exchange.close()
+            await self._exchange.aclose()

@@ -1,26 +1,29 @@
 """The token exchange: the service-account token for an Entra ID access token, via MSAL.
 
 One `ConfidentialClientApplication` per (tenant, client id), built on first use and kept.
-MSAL is synchronous, so every call runs in a worker thread. MSAL's own token cache and
-its HTTP failure cache are switched off: `proxy.tokens.cache` alone decides when Entra
-is asked, so there is one policy, not two stacked ones. The HTTP client is wrapped to see
-each response's status and `Retry-After`, which MSAL's result dict does not carry.
+MSAL is synchronous, so every call runs in a worker thread of the exchange's own pool (never
+the loop's default one, which readiness and scrapes must be able to use while Entra hangs).
+Its HTTP calls are made on the event loop (`proxy.tokens.loophttp`) under one deadline for
+the whole exchange, `timeout` seconds from when the caller asked: discovery, TLS and every
+read included, however slowly the peer trickles. MSAL's own token cache and its HTTP failure
+cache are switched off: `proxy.tokens.cache` alone decides when Entra is asked, so there is
+one policy, not two stacked ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msal
-import requests
-import requests.adapters
 from msal.exceptions import MsalServiceError
-from urllib3.util.ssl_ import create_urllib3_context
 
 from proxy.assertion import AssertionSource
 from proxy.logs import redact_text
@@ -32,10 +35,16 @@ from proxy.tokens.errors import (
     FederationRejected,
     TokenError,
 )
+from proxy.tokens.loophttp import LoopHttpClient
 from proxy.tokens.model import AccessToken, TokenKey
 
 _AADSTS = re.compile(r"AADSTS(\d+)")
 _DEFAULT_RETRY_AFTER = 5.0
+MAX_DESCRIPTION = 1024
+"""Characters of Entra's error description kept: callers, logs and /status quote it."""
+EXCHANGE_THREADS = 4
+"""Exchanges at once. Each thread only waits for the loop's HTTP call, at most until the
+deadline; more exchanges queue (their deadline runs while they wait)."""
 
 
 class EntraExchange:
@@ -50,42 +59,57 @@ class EntraExchange:
         timeout: float = 10.0,
         user_agent: str | None = None,
         clock: Callable[[], float] = time.time,
+        threads: int = EXCHANGE_THREADS,
     ) -> None:
         self._authority_host = authority_host.rstrip("/")
         self.user_agent = user_agent
         self._assertion = assertion
-        self._http = RecordingHttpClient(
-            verify=ca_bundle or True, timeout=timeout, user_agent=user_agent
-        )
+        self._timeout = timeout
+        self._http = LoopHttpClient(tls_context(ca_bundle), user_agent=user_agent)
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="imds-proxy-entra")
         self._clock = clock
         self._apps: dict[tuple[str, str], msal.ConfidentialClientApplication] = {}
         self._apps_lock = threading.Lock()
 
     async def __call__(self, key: TokenKey) -> AccessToken:
-        return await asyncio.to_thread(self.exchange_blocking, key)
+        loop = asyncio.get_running_loop()
+        self._http.bind(loop)
+        deadline = time.monotonic() + self._timeout
+        work = loop.run_in_executor(self._executor, self.exchange_blocking, key, deadline)
+        try:
+            # The thread's HTTP call ends at the deadline; this is the backstop.
+            return await asyncio.wait_for(work, self._timeout + 1.0)
+        except TimeoutError:
+            raise EntraUnavailable(
+                f"Entra ID timed out (no answer within the {self._timeout:g} s deadline)"
+            ) from None
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Fail exchanges still waiting for Entra at once, drop queued ones, close sockets."""
         self._http.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._http.aclose()
 
-    def exchange_blocking(self, key: TokenKey) -> AccessToken:
-        """One round trip to Entra ID (plus discovery the first time for this identity)."""
+    def exchange_blocking(self, key: TokenKey, deadline: float) -> AccessToken:
+        """One round trip to Entra ID (plus discovery the first time for this identity),
+        in a worker thread, ending by `deadline` (`time.monotonic()`)."""
+        if time.monotonic() >= deadline:  # queued behind others until too late: don't start
+            raise EntraUnavailable("Entra ID timed out (the exchange's deadline passed)")
         # A missing or expired file fails here, not inside MSAL.
         claims = self._assertion.current().claims
+        self._http.start_exchange(deadline)
         try:
             return self._exchange_blocking(key)
         except EntraRejected as exc:
             raise _explained(exc, claims, key) from None
 
     def _exchange_blocking(self, key: TokenKey) -> AccessToken:
-        self._http.forget()
         app = self._app_for(key.tenant_id, key.client_id)
         started = self._clock()
         try:
             result = app.acquire_token_for_client([key.scope])
         except TokenError:
             raise
-        except requests.RequestException as exc:
-            raise EntraUnavailable(f"Entra ID did not answer: {_describe(exc)}") from None
         except MsalServiceError:  # MSAL raises on 5xx instead of returning
             status, retry_after = self._http.last_response()
             result = {"error": "server_error", "error_description": f"Entra ID answered {status}"}
@@ -93,10 +117,11 @@ class EntraExchange:
         except ValueError as exc:
             status, retry_after = self._http.last_response()
             if status is None:  # MSAL refused the scope itself (e.g. a reserved one)
-                raise EntraRejected("invalid_resource", redact_text(str(exc)), None, 400) from None
-            # An answer that is not JSON (a proxy's error page, an odd 429): judge by status.
+                raise EntraRejected("invalid_resource", _bounded(str(exc)), None, 400) from None
+            # An answer that is not JSON (a proxy's error page, an odd 429): not Entra's
+            # judgement of the request, so a transient failure unless it says to wait.
             body = {"error": "invalid_response", "error_description": f"Entra ID answered {status}"}
-            raise _failure_from(body, 503 if status < 400 else status, retry_after) from None
+            raise _failure_from(body, 429 if status == 429 else 503, retry_after) from None
         status, retry_after = self._http.last_response()
         if "access_token" in result:
             return _token_from(result, started)
@@ -121,74 +146,29 @@ class EntraExchange:
                 http_cache=_Forgetful(),
                 token_cache=_NoTokenCache(),
             )
-        except requests.RequestException as exc:
+        except EntraUnavailable as exc:
             raise EntraUnavailable(
-                f"Entra ID discovery at {self._authority_host} failed: {_describe(exc)}"
+                f"Entra ID discovery at {self._authority_host} failed: {exc.description}"
+            ) from None
+        except MsalServiceError:  # discovery answered 5xx
+            status, _ = self._http.last_response()
+            raise EntraUnavailable(
+                f"Entra ID discovery at {self._authority_host} failed: answered {status}"
             ) from None
         except ValueError as exc:  # MSAL: the authority answered but is not usable
             raise EntraUnavailable(
-                f"Entra ID authority is not usable: {redact_text(str(exc))}"
+                f"Entra ID authority is not usable: {_bounded(str(exc))}"
             ) from None
 
 
-class RecordingHttpClient:
-    """A `requests` session with bounded timeouts that remembers, per thread, the status
-    and `Retry-After` of the last response (MSAL drops both from its result)."""
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """One context for every connection to Entra ID: the CA bundle given (REQUESTS_CA_BUNDLE),
+    else certifi's, as requests would use (the scratch image has no system store)."""
+    if ca_bundle is None:
+        import certifi  # installed with requests, which MSAL needs
 
-    def __init__(self, verify: bool | str, timeout: float, user_agent: str | None = None) -> None:
-        self._session = requests.Session()
-        self._session.mount("https://", SharedTlsAdapter())
-        self._verify = verify
-        if user_agent:
-            self._session.headers["User-Agent"] = user_agent
-        self._timeout = timeout
-        self._local = threading.local()
-
-    def post(self, url: str, **kwargs: Any) -> requests.Response:
-        return self._record(self._session.post(url, **self._options(kwargs)))
-
-    def get(self, url: str, **kwargs: Any) -> requests.Response:
-        return self._record(self._session.get(url, **self._options(kwargs)))
-
-    def close(self) -> None:
-        self._session.close()
-
-    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        # `verify` per request: requests lets REQUESTS_CA_BUNDLE override a session's.
-        return {**kwargs, "timeout": self._timeout, "verify": self._verify}
-
-    def forget(self) -> None:
-        """Start an exchange with no response recorded (a failure before sending reads none)."""
-        self._local.status = self._local.retry_after = None
-
-    def last_response(self) -> tuple[int | None, str | None]:
-        return getattr(self._local, "status", None), getattr(self._local, "retry_after", None)
-
-    def _record(self, response: requests.Response) -> requests.Response:
-        self._local.status = response.status_code
-        self._local.retry_after = response.headers.get("Retry-After")
-        return response
-
-
-class SharedTlsAdapter(requests.adapters.HTTPAdapter):
-    """One TLS context for every connection to Entra ID, direct or through HTTPS_PROXY.
-
-    Without it urllib3 builds a context per connection and loads the CA bundle into each,
-    about 1 MiB apiece: concurrent exchanges (one per worker thread) would keep several
-    alive. urllib3 still sets the verify mode and loads the bundle requests names into
-    this one context (reloading the same certificates adds nothing), and still matches
-    the host name itself, so verification is what it was.
-    """
-
-    def __init__(self) -> None:
-        self._context = create_urllib3_context()
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **pool_kwargs: Any) -> None:
-        super().init_poolmanager(*args, ssl_context=self._context, **pool_kwargs)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        return super().proxy_manager_for(proxy, ssl_context=self._context, **proxy_kwargs)
+        ca_bundle = os.environ.get("SSL_CERT_FILE") or certifi.where()
+    return ssl.create_default_context(cafile=ca_bundle)
 
 
 class _Forgetful(MutableMapping[str, Any]):
@@ -253,9 +233,14 @@ def _token_type(value: object) -> str:
 def _failure_from(
     result: dict[str, Any], status: int | None, retry_after: str | None
 ) -> TokenError:
-    error = str(result.get("error", "unknown_error"))
-    description = redact_text(str(result.get("error_description", error)))
-    codes = result.get("error_codes") or []
+    error = str(result.get("error") or "")
+    if not error and status != 429:  # JSON, but not an OAuth error: not Entra's judgement
+        status = 503
+    description = _bounded(
+        str(result.get("error_description") or error or f"Entra ID answered {status}")
+    )
+    codes = result.get("error_codes")
+    codes = codes if isinstance(codes, list) else []
     match = _AADSTS.search(description)
     aadsts = str(codes[0]) if codes else (match.group(1) if match else None)
     if status == 429:
@@ -263,6 +248,12 @@ def _failure_from(
     if status is None or status >= 500:
         return EntraUnavailable(description, _retry_after_or_none(retry_after))
     return EntraRejected(error, description, aadsts, status)
+
+
+def _bounded(text: str) -> str:
+    """Entra's text as it may be quoted: redacted, and cut to `MAX_DESCRIPTION`."""
+    text = redact_text(text[: MAX_DESCRIPTION * 2])
+    return text if len(text) <= MAX_DESCRIPTION else text[:MAX_DESCRIPTION] + "..."
 
 
 def _explained(
@@ -289,13 +280,3 @@ def _retry_after_seconds(value: str | None) -> float:
         return max(float(value), 0.0) if value else _DEFAULT_RETRY_AFTER
     except ValueError:
         return _DEFAULT_RETRY_AFTER
-
-
-def _describe(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS verification failed (set REQUESTS_CA_BUNDLE to trust its CA)"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed"
-    return type(exc).__name__

@@ -139,6 +139,22 @@ class EntraUnavailable(TokenError):
         )
 
 
+class TooManyNewTokens(TokenError):
+    """The proxy's own limit on exchanges for tokens it does not hold yet was reached
+    (`proxy.tokens.ratelimit`): Entra ID was not asked; retry after `retry_after` seconds."""
+
+    kind = "rate_limited"
+
+    def __init__(self, description: str, retry_after: float) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+    def again(self, retry_after: float | None = None) -> Self:
+        return type(self)(
+            self.description, self.retry_after if retry_after is None else retry_after
+        )
+
+
 class CredentialUnavailable(TokenError):
     """The pod's service-account token is missing, empty, malformed or expired.
 
