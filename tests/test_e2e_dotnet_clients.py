@@ -184,7 +184,7 @@ def test_the_report_names_the_dotnet_clients(
     rust = {"Metadata": "true", "User-Agent": "azsdk-rust-identity/0.27.0 (1.85.0; linux; x86_64)"}
     assert requests.get(proxy.url(ARM), headers=rust, timeout=10).status_code == 200
 
-    report = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/report", timeout=10).json()
+    report = requests.get(f"http://127.0.0.1:{proxy.port}/report", timeout=10).json()
     seen = {(c["client"], c["version"]): c for c in report["callers"]}
     assert set(seen) == {
         ("azure-identity-dotnet", "1.10.3"),
@@ -203,7 +203,7 @@ def test_the_report_names_the_dotnet_clients(
     )
     assert seen["azure-identity-rust", "0.27.0"]["minimum_version"] == "0.22.0"
     done = subprocess.run(
-        [sys.executable, "-m", "proxy", "report", f"--metrics-port={proxy.metrics_port}"],
+        [sys.executable, "-m", "proxy", "report", f"--proxy-port={proxy.port}"],
         capture_output=True,
         text=True,
         timeout=30,
