@@ -39,17 +39,18 @@ image-test:
 
 # Debian packages the tests need when run as root: network namespaces and both iptables
 # backends (init tests), curl (demo test), wrk and taskset (benchmarks), promtool (alert rules),
-# Java and Maven (the Java SDK clients in tests/clients/java).
+# Java and Maven (the Java SDK clients in tests/clients/java), Mono's C# compiler (the .NET
+# clients in tests/clients/dotnet, run on a .NET runtime the tests install from PyPI).
 system-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
-	  for tool in iptables-legacy iptables-nft ip curl wrk taskset setpriv promtool java mvn; do \
+	  for tool in iptables-legacy iptables-nft ip curl wrk taskset setpriv promtool java mvn mcs; do \
 	    command -v $$tool >/dev/null 2>&1 || missing=yes; \
 	  done; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      --no-install-recommends iptables iproute2 curl wrk util-linux prometheus \
-	      default-jdk-headless maven >/dev/null; \
+	      default-jdk-headless maven mono-mcs >/dev/null; \
 	  fi; \
 	fi
 

@@ -4,11 +4,17 @@ Each SDK names itself in `User-Agent` (the Azure SDKs' `azsdk-<lang>-<package>/<
 legacy libraries' own tokens) or in MSAL's `x-client-SKU`/`x-client-Ver`; bare HTTP
 runtimes only name the runtime. The family says whether that version could fetch its
 tokens with workload identity natively (the federated token file, `WorkloadIdentityCredential`),
-and if not, what to do about it. Families are a fixed set, versions are bounded in length
-and character set: both are safe as log fields, and the family as a metric label.
+and if not, what to do about it. Families are a fixed set (and one per other language, 16
+letters at most, all under one metric label), versions are bounded in length and character
+set: both are safe as log fields, and the family's label as a metric label.
 
 The minimum versions are the first stable releases that ship `WorkloadIdentityCredential`
-(Microsoft's published minimums, checked against each package's release history).
+(Microsoft's published minimums, checked against each package's release history; C++ 1.6.0
+from its changelog; Rust 0.22.0, the first supported release of the crate as Microsoft ships
+it now, which has WorkloadIdentityCredential). The advice names each family's own credential.
+An Azure Identity library of another language (`azsdk-<language>-identity/<version>`) is
+named by its language and version, with advice to find its first release with workload
+identity.
 """
 
 from __future__ import annotations
@@ -39,17 +45,39 @@ class Family:
     """For an SDK: the first version with workload identity."""
     instead: str | None = None
     """For MSAL and legacy libraries: what replaces them; for runtimes: what it may be."""
+    credential: str | None = None
+    """For an SDK: its own workload-identity credential, as the upgrade advice names it."""
+    label: str | None = None
+    """The metric label when it is not `name` (one label for every unknown language)."""
+
+    @property
+    def metric_label(self) -> str:
+        return self.label or self.name
 
 
-def _sdk(name: str, title: str, minimum: str) -> Family:
-    return Family(name, title, "sdk", minimum=minimum)
+_WI_OR_DEFAULT = "WorkloadIdentityCredential or DefaultAzureCredential"
+
+
+def _sdk(name: str, title: str, minimum: str, credential: str = _WI_OR_DEFAULT) -> Family:
+    return Family(name, title, "sdk", minimum=minimum, credential=credential)
 
 
 PY_SDK = _sdk("azure-identity-python", "azure-identity (Python)", "1.13.0")
 NET_SDK = _sdk("azure-identity-dotnet", "Azure.Identity (.NET)", "1.9.0")
 JAVA_SDK = _sdk("azure-identity-java", "azure-identity (Java)", "1.9.0")
-GO_SDK = _sdk("azidentity-go", "azidentity (Go)", "1.3.0")
+GO_SDK = _sdk(
+    "azidentity-go",
+    "azidentity (Go)",
+    "1.3.0",
+    "NewWorkloadIdentityCredential or NewDefaultAzureCredential",
+)
 JS_SDK = _sdk("azure-identity-js", "@azure/identity (JavaScript)", "3.2.0")
+CPP_SDK = _sdk("azure-identity-cpp", "azure-identity (C++)", "1.6.0")
+RUST_SDK = _sdk(
+    "azure-identity-rust", "azure_identity (Rust)", "0.22.0", "WorkloadIdentityCredential"
+)
+OTHER_SDK_LABEL = "azure-identity-other"
+"""Every `azsdk-<language>-identity` whose language is not in the table: one metric label."""
 
 _PY_WI = "azure-identity ≥ 1.13.0 (WorkloadIdentityCredential or DefaultAzureCredential)"
 _NET_WI = "Azure.Identity ≥ 1.9.0 (WorkloadIdentityCredential or DefaultAzureCredential)"
@@ -128,8 +156,8 @@ NO_USER_AGENT = Family(
     "no-user-agent",
     "no User-Agent",
     "runtime",
-    instead="Microsoft.Azure.Services.AppAuthentication (.NET, legacy) sends none: replace "
-    "it with " + _NET_WI,
+    instead="Microsoft.Azure.Services.AppAuthentication (.NET, legacy) and other .NET code "
+    "calling IMDS with a bare HttpClient send none: replace it with " + _NET_WI,
 )
 UNKNOWN = Family(
     "unknown",
@@ -140,7 +168,7 @@ UNKNOWN = Family(
 OTHER = Family("other", "other (beyond the limit of distinct callers kept)", "unknown")
 
 FAMILIES = (
-    PY_SDK, NET_SDK, JAVA_SDK, GO_SDK, JS_SDK,
+    PY_SDK, NET_SDK, JAVA_SDK, GO_SDK, JS_SDK, CPP_SDK, RUST_SDK,
     MSAL_PYTHON, MSAL_DOTNET, MSAL_JAVA, MSAL_GO, MSAL_JS,
     ADAL_GO, MSRESTAZURE, AZURE_CLI, RUBY, NODEAUTH,
     JAVA_RUNTIME, PYTHON_REQUESTS, PYTHON_URLLIB, GO_RUNTIME, NODE_RUNTIME, CURL,
@@ -158,6 +186,8 @@ _USER_AGENT_RULES: tuple[tuple[re.Pattern[str], Family], ...] = tuple(
         (r"\bazsdk-java-azure-identity/" + _VERSION, JAVA_SDK),
         (r"\bazsdk-go-azidentity/" + _VERSION, GO_SDK),
         (r"\bazsdk-js-identity/" + _VERSION, JS_SDK),
+        (r"\bazsdk-cpp-identity/" + _VERSION, CPP_SDK),
+        (r"\bazsdk-rust-identity/" + _VERSION, RUST_SDK),
         # Legacy libraries: their own tokens
         (r"\bAZURECLI/" + _VERSION, AZURE_CLI),
         (r"\bmsrest_azure/" + _VERSION, MSRESTAZURE),
@@ -165,6 +195,8 @@ _USER_AGENT_RULES: tuple[tuple[re.Pattern[str], Family], ...] = tuple(
         (r"\bgo-autorest/adal/()", ADAL_GO),  # adal's token is fixed: its release is unknown
     )
 )
+_ANY_LANGUAGE_SDK = re.compile(r"\bazsdk-([a-z]{1,16})-identity/" + _VERSION)
+"""Another language's Azure Identity library, tried after the known ones."""
 _MSAL_SKUS = (
     ("msal.python", MSAL_PYTHON),
     ("msal.java", MSAL_JAVA),
@@ -187,6 +219,10 @@ _RUNTIME_RULES: tuple[tuple[re.Pattern[str], Family], ...] = tuple(
 _NODEAUTH_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 """ms-rest-nodeauth sends this Content-Type on its GET, with node-fetch's (or axios') agent."""
 _SKU_VERSION = re.compile(_VERSION)
+_MSAL_DOTNET_ACCEPT = "application/json"
+"""MSAL.NET before 4.84 sends no User-Agent and no x-client-SKU on its managed-identity
+requests, but `Accept: application/json` (seen from 4.56.0 and 4.83.3); AppAuthentication
+sends neither."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -218,9 +254,11 @@ class Caller:
     def advice(self) -> str:
         family, kind = self.family, self.advice_kind
         if kind == "direct":
-            return DIRECT
+            return f"{DIRECT} ({family.credential}, since {family.minimum})"
+        if kind == "upgrade" and family.minimum is None:
+            return family.instead or ""
         if kind == "upgrade":
-            return f"upgrade to ≥ {family.minimum}, then remove the sidecar"
+            return f"upgrade to ≥ {family.minimum} ({family.credential}), then remove the sidecar"
         if kind == "replace":
             return f"replace library {family.title} with {family.instead}"
         if family is OTHER:
@@ -230,7 +268,7 @@ class Caller:
 
 def caller(family: Family, version: str = "") -> Caller:
     """The caller for `family` at `version`, with its verdict and log fields."""
-    if family.kind == "sdk" and version:
+    if family.kind == "sdk" and version and family.minimum:
         supports = "yes" if at_least(version, family.minimum) else "no"
     elif family.kind == "sdk":
         supports = "unknown"
@@ -273,7 +311,23 @@ def classify_agent(user_agent: str | None) -> Caller | None:
         match = pattern.search(agent)
         if match:
             return caller(family, match.group(1))
+    match = _ANY_LANGUAGE_SDK.search(agent)
+    if match:
+        return caller(other_language_sdk(match.group(1)), match.group(2))
     return None
+
+
+def other_language_sdk(language: str) -> Family:
+    """`azsdk-<language>-identity` for a language not in the table: named by its language
+    (16 letters at most, so safe in logs and the report), counted under one metric label."""
+    return Family(
+        f"azure-identity-{language}",
+        f"Azure Identity ({language})",
+        "sdk",
+        instead=f"an Azure Identity library for {language} not known here: upgrade it to a "
+        "release with WorkloadIdentityCredential (see its changelog), then remove the sidecar",
+        label=OTHER_SDK_LABEL,
+    )
 
 
 def classify(
@@ -281,6 +335,7 @@ def classify(
     sku: str | None = None,
     sku_version: str | None = None,
     content_type: str | None = None,
+    accept: str | None = None,
 ) -> Caller:
     """The caller these header values describe (pure: the same values, the same caller)."""
     known = classify_agent(user_agent)
@@ -297,7 +352,8 @@ def classify(
     if nodeauth and agent.startswith(("node-fetch/", "axios/")):
         return caller(NODEAUTH)
     if not agent.strip():
-        return caller(NO_USER_AGENT)
+        msal_dotnet = accept is not None and accept.strip().lower() == _MSAL_DOTNET_ACCEPT
+        return caller(MSAL_DOTNET if msal_dotnet else NO_USER_AGENT)
     for pattern, family in _RUNTIME_RULES:
         match = pattern.match(agent)
         if match:

@@ -1,7 +1,7 @@
 """Which callers asked for tokens, how often, first and last: the migration report's facts.
 
 On the request path this costs one header lookup and one dictionary lookup for a caller
-whose User-Agent names its SDK (the others add three header lookups): the classification
+whose User-Agent names its SDK (the others add four header lookups): the classification
 is remembered per raw header values (up to 1,024 sets, then forgotten at once), and
 counters are reached through the remembered slot. Callers are kept per (family, version)
 up to a limit; beyond it they are counted together under `other`, so ten thousand invented
@@ -27,6 +27,7 @@ USER_AGENT = istr("User-Agent")
 CLIENT_SKU = istr("x-client-SKU")
 CLIENT_VERSION = istr("x-client-Ver")
 CONTENT_TYPE = istr("Content-Type")
+ACCEPT = istr("Accept")
 """`istr` names: a case-insensitive lookup without folding the name per request."""
 
 
@@ -102,12 +103,12 @@ class CallerUsage:
                 self._undecided.add(agent)  # its other headers decide: look them up next time
             memo = self._by_headers
             key = (agent, headers.get(CLIENT_SKU), headers.get(CLIENT_VERSION))
-            key += (headers.get(CONTENT_TYPE),)
+            key += (headers.get(CONTENT_TYPE), headers.get(ACCEPT))
             known = memo.get(key)
             if known is not None:
                 return known
             found = classify(*key)
-        label = (found.family.name, found.supports)
+        label = (found.family.metric_label, found.supports)
         count = self._labels.get(label)
         if count is None:  # families x verdicts: a few dozen at most
             count = self._labels[label] = _Count()
@@ -131,7 +132,7 @@ class CallerUsage:
 
     @property
     def by_label(self) -> dict[tuple[str, str], int]:
-        """Requests by (family name, supports_workload_identity): the metric's series."""
+        """Requests by (family label, supports_workload_identity): the metric's series."""
         return {label: count.value for label, count in self._labels.items() if count.value}
 
     def remembered(self) -> int:

@@ -113,7 +113,29 @@ SEEN: list[tuple[tuple[str | None, ...], tuple[str, str, str, str]]] = [
         ("azsdk-net-Identity/1.9.0+7f0b3c2 (.NET 6.0; Linux)",),
         ("azure-identity-dotnet", "1.9.0", "yes", "direct"),
     ),
+    (  # Azure.Identity 1.10.3, as the real client sent it (tests/test_e2e_dotnet_clients.py)
+        ("azsdk-net-Identity/1.10.3 (.NET Core 3.1.23; Linux 6.1.0-18-amd64 #1 SMP)",),
+        ("azure-identity-dotnet", "1.10.3", "yes", "direct"),
+    ),
     ((None, "MSAL.Desktop", "4.40.0"), ("msal-dotnet", "4.40.0", "no", "replace")),
+    ((None, "MSAL.NetCore", "4.84.0"), ("msal-dotnet", "4.84.0", "no", "replace")),
+    (  # MSAL.NET 4.56.0 and 4.83.3, as sent: no agent, no SKU, `Accept: application/json`
+        (None, None, None, None, "application/json"),
+        ("msal-dotnet", "", "no", "replace"),
+    ),
+    (  # the Rust crate (typespec_client_core's agent: crate name without `azure_`)
+        ("azsdk-rust-identity/0.27.0 (1.85.0; linux; x86_64)",),
+        ("azure-identity-rust", "0.27.0", "yes", "direct"),
+    ),
+    (
+        ("azsdk-cpp-identity/1.6.0 (Linux 6.1.0 x86_64)",),
+        ("azure-identity-cpp", "1.6.0", "yes", "direct"),
+    ),
+    (("azsdk-cpp-identity/1.5.1 (Linux)",), ("azure-identity-cpp", "1.5.1", "no", "upgrade")),
+    (  # a language not in the table: named by it, no verdict
+        ("azsdk-swift-identity/1.2.0 (Darwin 23.0)",),
+        ("azure-identity-swift", "1.2.0", "unknown", "upgrade"),
+    ),
     (
         ("Azure-SDK-For-Ruby/ms_rest_azure/0.12.0",),
         ("ms-rest-azure-ruby", "0.12.0", "no", "replace"),
@@ -146,15 +168,34 @@ def test_real_user_agents_are_classified(
 def test_every_family_is_reachable_and_named_once() -> None:
     names = [f.name for f in callers.FAMILIES]
     assert len(names) == len(set(names))
-    reached = {classify(*headers).family.name for headers, _ in SEEN}
+    found = [classify(*headers).family for headers, _ in SEEN]
+    reached = {f.name for f in found if f.metric_label != callers.OTHER_SDK_LABEL}
     assert reached | {"other"} == set(names)
 
 
 def test_advice_names_the_minimum_or_the_replacement() -> None:
     assert classify("azsdk-python-identity/1.5.0").advice == (
-        "upgrade to ≥ 1.13.0, then remove the sidecar"
+        "upgrade to ≥ 1.13.0 (WorkloadIdentityCredential or DefaultAzureCredential), "
+        "then remove the sidecar"
     )
-    assert classify("azsdk-python-identity/1.27.0").advice == callers.DIRECT
+    assert classify("azsdk-python-identity/1.27.0").advice == (
+        f"{callers.DIRECT} (WorkloadIdentityCredential or DefaultAzureCredential, since 1.13.0)"
+    )
+    assert classify("azsdk-go-azidentity/v1.2.2 (go1.21.0; linux)").advice.startswith(
+        "upgrade to ≥ 1.3.0 (NewWorkloadIdentityCredential or NewDefaultAzureCredential)"
+    )
+    assert classify("azsdk-rust-identity/1.0.0").advice.endswith(
+        "(WorkloadIdentityCredential, since 0.22.0)"
+    )
+    assert classify("azsdk-net-Identity/1.8.2 (.NET 6.0; Linux)").advice.startswith(
+        "upgrade to ≥ 1.9.0 (WorkloadIdentityCredential"
+    )
+    net = classify(None, None, None, None, "application/json").advice
+    assert net.startswith("replace library MSAL.NET (managed identity) with Azure.Identity ≥ 1.9.0")
+    assert classify("azsdk-swift-identity/1.2.0").advice.startswith(
+        "an Azure Identity library for swift not known here: upgrade it to a release with "
+        "WorkloadIdentityCredential"
+    )
     legacy = classify("Go/go1.22 (amd64-linux) go-autorest/adal/v1.0.0").advice
     assert legacy.startswith("replace library go-autorest/adal with azidentity ≥ 1.3.0")
     assert "azure-identity ≥ 1.13.0" in classify("x", "MSAL.Python", "1.31.0").advice
@@ -260,7 +301,10 @@ def test_the_report_for_a_mixed_history() -> None:
     }
     old = rows["azure-identity-python", "1.5.0"]
     assert (old["requests"], old["first_seen"], old["last_seen"]) == (2, T0 + 60, T0 + 2 * DAY + 60)
-    assert old["advice"] == "upgrade to ≥ 1.13.0, then remove the sidecar"
+    assert old["advice"] == (
+        "upgrade to ≥ 1.13.0 (WorkloadIdentityCredential or DefaultAzureCredential), "
+        "then remove the sidecar"
+    )
     assert rows["msrestazure", "0.6.4"]["advice_kind"] == "replace"
     assert rows["azure-identity-python", "1.27.0"]["supports_workload_identity"] == "yes"
     text = render(json.loads(json.dumps(report)), days=7)
@@ -323,4 +367,48 @@ def test_the_memo_never_confuses_callers_that_share_an_agent() -> None:
         ("msal-python", "no"): 3,
         ("python-requests", "unknown"): 1,
         ("azure-identity-python", "yes"): 2,
+    }
+
+
+def test_other_languages_are_named_but_share_one_metric_label() -> None:
+    """Each language its own row in the report, at most 64 rows as for any caller; one
+    metric series for all of them, however many languages callers invent."""
+    usage = CallerUsage(clock=FakeClock(), limit=16)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for i in range(2000):
+        language = letters[i % 26] + letters[i // 26 % 26] + letters[i // 676 % 26]
+        usage.observe({"User-Agent": f"azsdk-{language}-identity/1.0.{i % 3}"})
+    usage.observe({"User-Agent": "azsdk-swift-identity/1.2.0 (Darwin 23.0)"})
+    assert usage.by_label == {(callers.OTHER_SDK_LABEL, "unknown"): 2001}
+    report = usage.report()
+    assert len(report["callers"]) == 17
+    rows = {(c["client"], c["version"]): c for c in report["callers"]}
+    assert rows["other", None]["requests"] == 2001 - 16
+    first = rows["azure-identity-aaa", "1.0.0"]
+    assert (first["title"], first["minimum_version"]) == ("Azure Identity (aaa)", None)
+    assert first["supports_workload_identity"] == "unknown"
+
+
+def test_a_dotnet_and_a_rust_caller_in_the_report() -> None:
+    """The report's own rendering of the .NET clients the end-to-end tests run (Azure.Identity
+    1.10.3 and MSAL.NET 4.83.3, their headers as sent) and of a Rust caller."""
+    clock = FakeClock()
+    usage = CallerUsage(clock=clock)
+    net = "azsdk-net-Identity/1.10.3 (.NET Core 3.1.23; Linux 6.1.0-18-amd64 #1 SMP)"
+    usage.observe({"User-Agent": net, "Metadata": "true"})
+    usage.observe({"Metadata": "true", "Accept": "application/json"})
+    usage.observe({"User-Agent": "azsdk-rust-identity/0.27.0 (1.85.0; linux; x86_64)"})
+    usage.observe({"Metadata": "true"})  # AppAuthentication: no agent, no Accept
+    clock.now = T0 + 60
+    text = render(json.loads(json.dumps(usage.report())), days=7)
+    assert "Azure.Identity (.NET) [azure-identity-dotnet] 1.10.3: 1 requests, first " in text
+    assert "MSAL.NET (managed identity) [msal-dotnet] version unknown: 1 requests" in text
+    assert "azure_identity (Rust) [azure-identity-rust] 0.27.0: 1 requests" in text
+    assert "no User-Agent [no-user-agent] version unknown: 1 requests" in text
+    assert "; 2 of them cannot use workload identity yet" in text
+    assert usage.by_label == {
+        ("azure-identity-dotnet", "yes"): 1,
+        ("msal-dotnet", "no"): 1,
+        ("azure-identity-rust", "yes"): 1,
+        ("no-user-agent", "unknown"): 1,
     }

@@ -110,7 +110,10 @@ def test_real_clients_are_classified_and_judged(
         ("azure-identity-python", azure.identity.__version__): ("yes", DIRECT),
         ("msal-python", msal.__version__): ("no", "replace library MSAL Python"),
         ("azure-identity-js", js_version()): ("yes", DIRECT),
-        ("azure-identity-python", "1.5.0"): ("no", "upgrade to ≥ 1.13.0, then remove the sidecar"),
+        ("azure-identity-python", "1.5.0"): (
+            "no",
+            "upgrade to ≥ 1.13.0 (WorkloadIdentityCredential or ",
+        ),
         ("msrestazure", "0.6.4"): ("no", "replace library msrestazure (MSIAuthentication) with"),
         ("ms-rest-nodeauth", None): ("no", "replace library @azure/ms-rest-nodeauth with"),
     }
