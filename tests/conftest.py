@@ -67,7 +67,7 @@ _PROCESS_MODULES = frozenset(
         "test_webhook_process",
     )
 )
-_CLIENT_WORDS = ("clients", "azure_cli", "js_client", "legacy_sdks")
+_CLIENT_WORDS = ("clients", "dotnet", "azure_cli", "js_client", "legacy_sdks")
 
 
 def tier_of(module: str, path: Path) -> str:
