@@ -1,11 +1,16 @@
 """`imds-proxy`: the sidecar's command line, drop-in for the upstream image's arguments.
 
 Exit codes: 0 normal stop or probe success, 1 probe failure, 2 bad configuration
-(one line naming the setting, no traceback).
+(one line naming the setting, no traceback) or a subcommand this install does not have.
+
+The sidecar image installs the sidecar, doctor and report only; `dev` (the dev issuer) and
+`inject` are parts of the development install (pyproject.toml's extras and image table), so
+where their package is missing the subcommand says so in one line and exits 2.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -24,10 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor(args[1:])
     if args[:1] == ["dev"]:
+        if not installed("dev", "proxy.devissuer.server", extra="dev"):
+            return 2
         from proxy.devmode import run_dev
 
         return int(run_dev(args[1:]))
     if args[:1] == ["inject"]:
+        if not installed("inject", "proxy.inject.cli", extra="inject"):
+            return 2
         from proxy.inject.cli import main as run_inject
 
         return run_inject(args[1:])
@@ -44,6 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imds-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
     return run(settings)
+
+
+def installed(command: str, module: str, extra: str) -> bool:
+    """Whether ``module`` (a subcommand's entry) and all it imports are installed here.
+
+    When not, one line on stderr names the subcommand and what is missing; the caller exits 2.
+    """
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        print(
+            f"imds-proxy {command}: not installed here ({exc.name} is missing); it is part of"
+            f" the development install (from a checkout: pip install '.[{extra}]')",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def run(settings: config.Settings) -> int:
