@@ -420,8 +420,9 @@ check_images() {
     local out status=0
     out=$(docker run --rm "${label[@]}" --read-only --cap-drop ALL "$proxy" inject --help 2>&1) \
         || status=$?
-    [ "$status" = 2 ] && [ "$(wc -l <<<"$out")" = 1 ] \
-        || fail "/proxy inject in the proxy image: exit $status, '$out' (expected exit 2, one line)"
+    if [ "$status" != 2 ] || [ "$(wc -l <<<"$out")" != 1 ]; then
+        fail "/proxy inject in the proxy image: exit $status, '$out' (expected exit 2, one line)"
+    fi
     log "    /proxy inject: $out"
     docker run --rm "${label[@]}" --entrypoint python3 "$proxy" -c '
 import importlib.util as u
@@ -513,9 +514,10 @@ run_pod() {
         out=$(docker run --rm --name "$RUN_ID-init-$arch" "${label[@]}" --network "container:$pod" \
             --cap-add NET_ADMIN -e "PROXY_PORT=$PROXY_PORT" -e IPTABLES_BACKEND=legacy \
             "${plat[@]}" "$init" 2>&1) || status=$?
-        sed 's/^/    /' <<<"$out"
-        [ "$status" = 6 ] && [[ $out == *"iptables who?"* ]] \
-            || fail "the emulated init container: exit $status (expected 6, iptables unreachable under qemu-user)"
+        printf '    %s\n' "$out"
+        if [ "$status" != 6 ] || [[ $out != *"iptables who?"* ]]; then
+            fail "the emulated init container: exit $status (expected 6: no iptables under qemu-user)"
+        fi
         log "    passed preflight and ran iptables-legacy-save for $arch; the redirect itself comes from the same program's $HOST_ARCH image"
         init=$(init_image "$HOST_ARCH")
     fi
@@ -612,9 +614,16 @@ if status != 200 or not doc.get("access_token"):
 token = doc["access_token"]
 print(f"    access_token: {len(token)} characters")
 ' "$patience" || fail "the app did not get a token through the proxy"
-    # Who answered: the proxy's own log of that request, from the $arch container.
-    docker logs "$RUN_ID-proxy-$arch" 2>&1 | grep -m 1 '/metadata/identity/oauth2/token' \
-        | cut -c1-160 | sed "s/^/    [proxy linux\/$arch, $machine] /" || true
+    # Who answered: the proxy's own log line of that request (written once it has answered).
+    local line=""
+    for _ in $(seq 10); do
+        line=$(docker logs "$RUN_ID-proxy-$arch" 2>&1 | grep '"path": "/metadata/identity/oauth2/token"' \
+            | head -n 1 | cut -c1-150 || true)
+        [ -z "$line" ] || break
+        sleep 1
+    done
+    [ -n "$line" ] || fail "the $arch proxy logged no token request"
+    log "    logged by the $arch proxy ($machine): $line"
     log "pod for linux/$arch passed: the $machine proxy served the token"
 }
 
