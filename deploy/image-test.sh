@@ -21,7 +21,8 @@
 #      deploy/image/check_image.py, what the image must not carry), every ELF file of the
 #      architecture with all it loads inside the image (deploy/image/elf_check.py), the size;
 #   5. assembles a multi-architecture image index per image (an OCI archive in
-#      $IMAGE_CACHE_DIR/index/, deploy/image/oci_index.py): one reference for both;
+#      $IMAGE_CACHE_DIR/index/, deploy/image/oci_index.py): one reference for both, which
+#      skopeo (installed if needed) must resolve to each architecture's image;
 #   6. runs a pod per architecture the way the kubelet would: a container holding the network
 #      namespace, the init container (NET_ADMIN), a local fake Entra ID, the proxy (read-only
 #      root, no capabilities, uid 1501) and an app that calls the IMDS token endpoint exactly
@@ -454,6 +455,7 @@ assert not present, f"in the init image: {present}"
 assemble_indexes() {
     local dir="$IMAGE_CACHE_DIR/index" name arch saved
     mkdir -p "$dir"
+    command -v skopeo >/dev/null 2>&1 || apt_install skopeo
     for name in proxy init; do
         saved=()
         for arch in $ARCHES; do
@@ -464,6 +466,15 @@ assemble_indexes() {
             "${saved[@]}" | sed 's/^/    /' || fail "assembling the $name index failed"
         python3 deploy/image/oci_index.py --verify "$dir/imds-$name.oci.tar" \
             || fail "the $name index does not read back"
+        # And as a registry client reads it: skopeo picks each platform's image from the index.
+        for arch in $ARCHES; do
+            local got
+            got=$(skopeo inspect --override-os linux --override-arch "$arch" \
+                "oci-archive:$dir/imds-$name.oci.tar:image-test" \
+                | python3 -c 'import json, sys; print(json.load(sys.stdin)["Architecture"])') \
+                || fail "skopeo cannot read the $name index"
+            [ "$got" = "$arch" ] || fail "skopeo picked $got from the $name index for $arch"
+        done
         rm -f "${saved[@]}"
     done
 }
