@@ -33,7 +33,8 @@ lint: $(STAMP)
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.run
 
-## Build both images and run them as a pod (root; installs docker.io and debootstrap).
+## Build both images for amd64 and arm64 and run each as a pod (root; installs docker.io,
+## debootstrap and qemu-user-static). One architecture: IMAGE_TEST_ARCHES=arm64.
 image-test:
 	bash deploy/image-test.sh
 

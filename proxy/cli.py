@@ -5,8 +5,12 @@ Without a command it runs the sidecar with the upstream flags (`--proxy-port`,
 name, one line of help and where their `main(argv)` lives; each owns its parser (and its
 `--help`) and is imported only when named, so the sidecar's start pays for none of them.
 
+The sidecar image installs the sidecar, doctor and report only; `dev` (the dev issuer),
+`inject` and `webhook` are parts of other installs (pyproject.toml's extras and image
+table), so where their package is missing the command says so in one line and exits 2.
+
 Exit codes: 0 normal stop or probe success, 1 probe failure, 2 bad configuration or
-arguments (one line naming the setting, no traceback).
+arguments (one line naming the setting, no traceback) or a command this install lacks.
 """
 
 from __future__ import annotations
@@ -25,12 +29,19 @@ PROBE_INTERVAL = 1.0
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("proxy.cli:run_sidecar", "the sidecar (the default: `imds-proxy [options]`)"),
-    "dev": ("proxy.devmode:run_dev", "the sidecar against a local Entra ID stand-in, to try"),
+    "dev": (
+        "proxy.devissuer.devmode:run_dev",
+        "the sidecar against a local Entra ID stand-in, to try",
+    ),
     "doctor": ("proxy.doctor:main", "check this pod's Workload ID setup, say how to fix it"),
     "report": ("proxy.report:main", "which SDKs still call IMDS; when the sidecar can go"),
     "inject": ("proxy.inject.cli:main", "add the sidecar to Kubernetes manifests"),
     "webhook": ("proxy.webhook.cli:main", "the admission webhook that adds it to pods"),
 }
+
+
+EXTRAS = {"dev": "dev", "inject": "inject", "webhook": "tools"}
+"""The pyproject extra each optional command comes with."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(name: str) -> Callable[[list[str]], int]:
     module, _, function = COMMANDS[name][0].partition(":")
-    found: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+    try:
+        found: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get(name, name)
+        print(
+            f"imds-proxy {name}: not installed here ({exc.name} is missing); it is part of"
+            f" another install (from a checkout: pip install '.[{extra}]')",
+            file=sys.stderr,
+        )
+        return lambda _argv: 2
     return found
 
 

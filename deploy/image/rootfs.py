@@ -16,6 +16,11 @@ Paths stay exactly as in the builder, symlinks included, so the venv's interpret
 Bytecode is compiled for the whole tree with unchecked-hash pycs: the root filesystem is
 read-only and immutable, so Python can neither write nor needs to re-validate them, and a
 start never compiles anything.
+
+``--sourceless-stdlib`` (the init image, whose budget is half the proxy's) ships the standard
+library as bytecode only: each module's ``.pyc`` in place of its ``.py``, which Python
+imports the same way; a traceback through the standard library then shows file and line but
+not the line's text. The project and its dependencies (the venv) keep their sources.
 """
 
 from __future__ import annotations
@@ -196,6 +201,37 @@ def _left_out(stdlib: str, path: str) -> bool:
     return omitted(path[len(stdlib) + 1 :]) or path.endswith((".opt-1.pyc", ".opt-2.pyc"))
 
 
+def _left_out_sourceless(stdlib: str, path: str) -> bool:
+    """As ``_left_out``, and every source and cached bytecode: compile_sourceless writes it."""
+    return _left_out(stdlib, path) or path.endswith(".py") or path.endswith("/__pycache__")
+
+
+def compile_sourceless(source: str, dest: Path, skip: Callable[[str], bool]) -> list[str]:
+    """Compile every ``.py`` under ``source`` to a ``.pyc`` beside where it would be in
+    ``dest`` (legacy placement, imported without the source); return those that failed."""
+    failed = []
+    for root, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not skip(os.path.join(root, d)))
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if not name.endswith(".py") or _left_out(source, path):
+                continue
+            target = dest / path.lstrip("/")
+            target = target.with_suffix(".pyc")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                py_compile.compile(
+                    path,
+                    cfile=str(target),
+                    dfile=path,
+                    doraise=True,
+                    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+                )
+            except py_compile.PyCompileError:
+                failed.append(path)
+    return failed
+
+
 def stdlib_dirs() -> list[str]:
     paths = sysconfig.get_paths()
     return sorted({paths["stdlib"], paths["platstdlib"]})
@@ -207,14 +243,23 @@ def strip_debug(files: Iterable[Path]) -> None:
         subprocess.run(["strip", "--strip-debug", "--preserve-dates", str(file)], check=True)
 
 
-def build(dest: Path, venv: str, extra: list[str], strip: bool = False) -> None:
+def build(
+    dest: Path, venv: str, extra: list[str], strip: bool = False, sourceless: bool = False
+) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     tree = Tree(dest)
     tree.copy(os.path.realpath(sys.executable))
     for stdlib in stdlib_dirs():
-        tree.copy(stdlib, skip=functools.partial(_left_out, stdlib))
+        tree.copy(
+            stdlib,
+            skip=functools.partial(_left_out_sourceless if sourceless else _left_out, stdlib),
+        )
+        if sourceless:
+            for path in compile_sourceless(stdlib, dest, functools.partial(_left_out, stdlib)):
+                # Python 2 leftovers in some test data; such a module was never importable.
+                print(f"rootfs: {path} did not compile", file=sys.stderr)
     tree.copy(venv)
     for pattern in (*ALWAYS_COPY, *extra):
         matches = sorted(glob.glob(pattern))
@@ -231,7 +276,7 @@ def build(dest: Path, venv: str, extra: list[str], strip: bool = False) -> None:
     for empty in ("tmp", "run"):  # iptables-legacy takes its lock in /run
         (dest / empty).mkdir(mode=0o1777 if empty == "tmp" else 0o755, exist_ok=True)
     os.chmod(dest / "tmp", 0o1777)
-    compile_bytecode(dest, [*stdlib_dirs(), venv])
+    compile_bytecode(dest, [venv] if sourceless else [*stdlib_dirs(), venv])
 
 
 def compile_bytecode(dest: Path, dirs: list[str]) -> None:
@@ -259,8 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--strip-debug", action="store_true", help="strip debug sections (needs binutils)"
     )
+    parser.add_argument(
+        "--sourceless-stdlib",
+        action="store_true",
+        help="the standard library as bytecode only (.pyc in place of each .py)",
+    )
     args = parser.parse_args(argv)
-    build(args.dest, args.venv, args.copy, strip=args.strip_debug)
+    build(
+        args.dest, args.venv, args.copy, strip=args.strip_debug, sourceless=args.sourceless_stdlib
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import config, eventloop, logs
+from proxy.devissuer.server import LocalIssuer
 
 DEMO_RESOURCE = "https://management.azure.com/"
 
@@ -50,7 +51,6 @@ def run_dev(argv: Sequence[str]) -> int:
 
 
 async def _serve_with_issuer(parsed: argparse.Namespace, workdir: Path) -> None:
-    from proxy.devissuer.server import LocalIssuer
     from proxy.server import serve
 
     async with LocalIssuer.start(workdir, port=parsed.issuer_port) as issuer:
