@@ -20,6 +20,9 @@
 #
 # Environment knobs: KEEP_IMAGES=0 also removes the two built images (the base stays cached);
 # REBUILD_BASE=1 rebuilds the base image.
+# Build-only mode (the cluster tests, tests/cluster/images.py): IMAGE_TEST_BUILD_ONLY=1 with
+# IMAGE_EXPORT_DIR=/path builds and checks the images as above, then `docker save`s the base,
+# proxy and init images to /path/{base,proxy,init}.tar and stops there (no Docker pod run).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -406,6 +409,24 @@ report_sizes() {
     [ -z "$over" ] || fail "over the size limit:$over"
 }
 
+# --- build-only mode: the images as tarballs for another runtime (IMAGE_TEST_BUILD_ONLY) ---
+export_images() {
+    [ -n "${IMAGE_EXPORT_DIR:-}" ] || fail "IMAGE_TEST_BUILD_ONLY=1 needs IMAGE_EXPORT_DIR"
+    mkdir -p "$IMAGE_EXPORT_DIR"
+    local name image
+    for name in base proxy init; do
+        case $name in
+            base) image=$BASE_IMAGE ;;
+            proxy) image=$PROXY_IMAGE ;;
+            init) image=$INIT_IMAGE ;;
+        esac
+        docker save -o "$IMAGE_EXPORT_DIR/$name.tar.part" "$image" || fail "docker save $image"
+        mv "$IMAGE_EXPORT_DIR/$name.tar.part" "$IMAGE_EXPORT_DIR/$name.tar"
+        docker image inspect -f '{{.Id}}' "$image" >"$IMAGE_EXPORT_DIR/$name.id"
+        log "saved $image to $IMAGE_EXPORT_DIR/$name.tar"
+    done
+}
+
 ensure_docker
 pick_builder
 build_base
@@ -414,4 +435,8 @@ build_image Dockerfile.proxy "$PROXY_IMAGE"
 build_image Dockerfile.init "$INIT_IMAGE"
 report_sizes
 check_images
+if [ "${IMAGE_TEST_BUILD_ONLY:-0}" = 1 ]; then
+    export_images
+    exit 0
+fi
 run_pod
