@@ -121,8 +121,24 @@ def remove_cgroups() -> list[Path]:
     return _cgroup_dirs()
 
 
-def leftovers(root: Path = RUN_DIR) -> list[str]:
+def leftovers(root: Path = RUN_DIR, *, host_wide: bool = True) -> list[str]:
     """What of a cluster is still on the host: processes, mounts, bridge, cgroups."""
+    found: list[str] = []
+    layout = settings.Layout(root)
+    found += [
+        f"process {pid} ({name}, from its pidfile)" for name, pid in recorded(layout.pids).items()
+    ]
+    if host_wide:
+        found += _host_leftovers()
+    for pid in processes_with(str(layout.containerd_socket)):
+        found.append(f"process {pid} (containerd or shim of {layout.containerd_socket})")
+    for pid in processes_with(f"--data-dir={layout.etcd_data}"):
+        found.append(f"process {pid} (etcd)")
+    found += [f"mount {m}" for m in _mounts_under(root)]
+    return found
+
+
+def _host_leftovers() -> list[str]:
     found: list[str] = []
     exes = {str(K8S_BIN / c) for c in K8S_COMMANDS}
     for entry in Path("/proc").iterdir():
@@ -130,12 +146,6 @@ def leftovers(root: Path = RUN_DIR) -> list[str]:
             with contextlib.suppress(OSError):
                 if os.readlink(entry / "exe") in exes:
                     found.append(f"process {entry.name} ({os.readlink(entry / 'exe')})")
-    layout = settings.Layout(root)
-    for pid in processes_with(str(layout.containerd_socket)):
-        found.append(f"process {pid} (containerd or shim of {layout.containerd_socket})")
-    for pid in processes_with(f"--data-dir={layout.etcd_data}"):
-        found.append(f"process {pid} (etcd)")
-    found += [f"mount {m}" for m in _mounts_under(root)]
     if Path(f"/sys/class/net/{settings.BRIDGE}").exists():
         found.append(f"bridge {settings.BRIDGE}")
     found += [f"cgroup {d}" for d in _cgroup_dirs()]
@@ -143,14 +153,20 @@ def leftovers(root: Path = RUN_DIR) -> list[str]:
     return found
 
 
-def clean(root: Path = RUN_DIR) -> list[str]:
-    """Stop and remove everything a cluster under `root` may have left; return what stayed."""
+def clean(root: Path = RUN_DIR, *, host_wide: bool = True) -> list[str]:
+    """Stop and remove everything a cluster under `root` may have left; return what stayed.
+
+    `host_wide=False` leaves what is not under `root` (container cgroups, the bridge, the
+    iptables chain, network namespaces) alone: for tests of this cleanup itself, which may
+    run while the real cluster is up. Call it with the host lock held otherwise.
+    """
     layout = settings.Layout(root)
     running = recorded(layout.pids)
     for name in STOP_ORDER:
         if name in running:
             stop_pid(running.pop(name), grace=10)
-    kill_containers()
+    if host_wide:
+        kill_containers()
     for name in LATE_ORDER:
         if name in running:
             stop_pid(running.pop(name), grace=15)
@@ -166,8 +182,9 @@ def clean(root: Path = RUN_DIR) -> list[str]:
     for pid in processes_with(socket) + processes_with(f"--data-dir={layout.etcd_data}"):
         stop_pid(pid, grace=5)
     unmount_all(root)
-    remove_network()
-    remove_cgroups()
+    if host_wide:
+        remove_network()
+        remove_cgroups()
     if not _mounts_under(root):
         shutil.rmtree(root, ignore_errors=True)
-    return leftovers(root)
+    return leftovers(root, host_wide=host_wide)
