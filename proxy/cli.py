@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from proxy import config, eventloop, logs
+from proxy import config
 
 PROBE_WINDOW = 7.0
 """How long `--probe` waits for readiness: the upstream hook's 7 tries, 1 s apart."""
@@ -50,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(settings: config.Settings) -> int:
-    from proxy.server import serve  # after config: a bad setting fails before heavy imports
+    # After config: a bad setting fails before heavy imports. Here, not at the top: the
+    # kubelet runs `--probe` every second while a native sidecar starts, and asyncio and
+    # structlog would double what that costs on a busy node.
+    from proxy import eventloop, logs
+    from proxy.server import serve
 
     logs.configure(settings.log_level, settings.log_format)
     try:
