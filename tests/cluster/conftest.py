@@ -20,6 +20,7 @@ import pytest
 from tests.cluster import teardown
 from tests.cluster.harness import Cluster, running_cluster
 from tests.cluster.kube import Kube
+from tests.cluster.measure import record
 
 _started: list[Cluster] = []
 
@@ -48,7 +49,7 @@ def cluster() -> Iterator[Cluster]:
         pytest.skip(reason)
     with running_cluster() as up:
         _started.append(up)
-        print(f"\ncluster up in {up.timings}", file=sys.stderr)
+        record(f"cluster bring-up {up.timings}", sum(up.timings.phases.values()))
         yield up
 
 

@@ -36,14 +36,38 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def reap(pid: int) -> None:
+    """Collect the exit status of a child of ours (a component, or an adopted shim)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
-    """Wait until the pids are gone; return those still there."""
+    """Wait until the pids are gone (and reaped, where they are ours); return those left."""
     deadline = time.monotonic() + timeout
+    for p in pids:
+        reap(p)
     left = [p for p in pids if alive(p)]
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
+        for p in left:
+            reap(p)
         left = [p for p in left if alive(p)]
     return left
+
+
+def adopt_orphans() -> None:
+    """Become the subreaper of what our children leave behind (containerd's shims).
+
+    A shim daemonizes, so once it exits it waits as a zombie for whoever adopted it. Left to
+    PID 1 it may linger for a while, named containerd-shim, after the run has ended; adopted
+    by this process, the teardown reaps it at once.
+    """
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
 def stop_pid(pid: int, grace: float) -> None:

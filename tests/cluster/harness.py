@@ -199,6 +199,7 @@ def _bring_up(
             "--log-level=warn",
             "--unsafe-no-fsync",
         )
+        daemons.adopt_orphans()
         containerd = start(
             "containerd",
             shutil.which("containerd") or "containerd",
