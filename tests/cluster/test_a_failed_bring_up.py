@@ -80,3 +80,40 @@ def test_a_component_that_exits_is_reported_with_its_last_lines(
         daemon.wait_until(lambda: False, 10, "/readyz")
     assert "kube-apiserver exited with 3" in str(failed.value)
     assert "bind: permission denied" in str(failed.value)
+
+
+UPSTREAM_GO_MOD = """module k8s.io/kubernetes
+
+go 1.24.0
+
+godebug default=go1.24
+
+require (
+\tgithub.com/google/uuid v1.6.0
+\tk8s.io/api v0.0.0
+\tk8s.io/client-go v0.0.0 // indirect
+)
+
+require (
+\tgithub.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc // indirect
+)
+
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/client-go => ./staging/src/k8s.io/client-go
+)
+"""
+
+
+def test_the_throwaway_module_pins_what_kubernetes_pins() -> None:
+    from tests.cluster.k8sbuild import staging_version, throwaway_go_mod
+
+    assert staging_version("v1.34.4") == "v0.34.4"
+    go_mod = throwaway_go_mod(UPSTREAM_GO_MOD, "v1.34.4")
+    assert "\tk8s.io/kubernetes v1.34.4\n" in go_mod
+    assert "\tgithub.com/google/uuid v1.6.0\n" in go_mod
+    assert "\tgithub.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc\n" in go_mod
+    assert "\tk8s.io/api v0.34.4\n" in go_mod and "\tk8s.io/client-go v0.34.4\n" in go_mod
+    assert "\tk8s.io/api => k8s.io/api v0.34.4\n" in go_mod
+    assert "./staging" not in go_mod
+    assert "go 1.24.0" in go_mod and "godebug default=go1.24" in go_mod
