@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import sys
 from collections.abc import Iterator
+from types import FrameType
 
 import pytest
 
@@ -47,10 +49,20 @@ def cluster() -> Iterator[Cluster]:
     reason = cluster_unavailable()
     if reason:
         pytest.skip(reason)
-    with running_cluster() as up:
-        _started.append(up)
-        record(f"cluster bring-up {up.timings}", sum(up.timings.phases.values()))
-        yield up
+    # A run stopped with SIGTERM (a CI timeout, `timeout make test`) tears the cluster down as
+    # Ctrl-C does, instead of leaving it for the next run to clean up.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with running_cluster() as up:
+            _started.append(up)
+            record(f"cluster bring-up {up.timings}", sum(up.timings.phases.values()))
+            yield up
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture
@@ -68,8 +80,10 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     kube.delete_namespace(name)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """After a run that started the cluster, nothing of it may remain on the host."""
+    """After a run that started the cluster, nothing of it may remain on the host (last:
+    after an interrupted run, pytest tears the session's fixtures down in this hook)."""
     if not _started:
         return
     left = teardown.leftovers()

@@ -53,7 +53,25 @@ def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
         for p in left:
             reap(p)
         left = [p for p in left if alive(p)]
+    for p in pids:  # those that became zombies between two looks
+        reap(p)
     return left
+
+
+def reap_adopted_shims() -> None:
+    """Reap the exited containerd shims this process adopted (see `adopt_orphans`): those of
+    pods deleted during the run as well as those the teardown stopped."""
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.find("(") + 1 : stat.rfind(")")], stat.rsplit(")", 1)[1].split()
+        if rest[0] == "Z" and rest[1] == me and comm.startswith("containerd-shim"):
+            reap(int(entry.name))
 
 
 def adopt_orphans() -> None:

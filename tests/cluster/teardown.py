@@ -17,7 +17,13 @@ import subprocess
 from pathlib import Path
 
 from tests.cluster import settings
-from tests.cluster.daemons import processes_with, recorded, stop_pid, wait_gone
+from tests.cluster.daemons import (
+    processes_with,
+    reap_adopted_shims,
+    recorded,
+    stop_pid,
+    wait_gone,
+)
 from tests.cluster.paths import K8S_BIN, K8S_COMMANDS, RUN_DIR
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -181,6 +187,7 @@ def clean(root: Path = RUN_DIR, *, host_wide: bool = True) -> list[str]:
         stop_pid(pid, grace=10)
     for pid in processes_with(socket) + processes_with(f"--data-dir={layout.etcd_data}"):
         stop_pid(pid, grace=5)
+    reap_adopted_shims()
     unmount_all(root)
     if host_wide:
         remove_network()
