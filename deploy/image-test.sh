@@ -68,6 +68,8 @@ proxy_image() { echo "imds-proxy:image-test-$1"; }
 init_image() { echo "imds-proxy-init:image-test-$1"; }
 PROXY_IMAGE=imds-proxy:image-test
 INIT_IMAGE=imds-proxy-init:image-test
+DEV_IMAGE=imds-proxy-dev:image-test
+APP_BASE_IMAGE=imds-proxy-base:bookworm
 
 started_dockerd=""
 secrets_dir=""
@@ -664,6 +666,17 @@ report_sizes() {
     [ -z "$over" ] || fail "over the size limit:$over"
 }
 
+# --- build-only mode: what the cluster tests load (IMAGE_TEST_BUILD_ONLY) -----------------
+build_dev_image() {
+    # The cluster tests' in-pod Entra ID stand-in: the host's sidecar image plus the dev
+    # issuer, which no shipped image carries, beside the sidecar's own package. Tests only.
+    local site
+    site=$(docker run --rm --entrypoint python3 "$PROXY_IMAGE" \
+        -c 'import os, proxy; print(os.path.dirname(proxy.__path__[0]))')
+    printf 'FROM %s\nCOPY . %s/proxy/devissuer/\n' "$PROXY_IMAGE" "$site" |
+        docker build -q -t "$DEV_IMAGE" -f - proxy/devissuer >/dev/null
+}
+
 # --- the run ------------------------------------------------------------------------------
 ensure_docker
 pick_builder
@@ -689,9 +702,13 @@ report_sizes
 if [ "$BUILD_ONLY" = 1 ]; then
     if [ -n "${IMAGE_EXPORT_DIR:-}" ]; then
         mkdir -p "$IMAGE_EXPORT_DIR"
+        build_dev_image
+        docker tag "$(base_image "$HOST_ARCH")" "$APP_BASE_IMAGE"
         docker save -o "$IMAGE_EXPORT_DIR/proxy.tar" "$PROXY_IMAGE"
         docker save -o "$IMAGE_EXPORT_DIR/init.tar" "$INIT_IMAGE"
-        log "saved $PROXY_IMAGE and $INIT_IMAGE to $IMAGE_EXPORT_DIR/proxy.tar and init.tar"
+        docker save -o "$IMAGE_EXPORT_DIR/dev.tar" "$DEV_IMAGE"
+        docker save -o "$IMAGE_EXPORT_DIR/base.tar" "$APP_BASE_IMAGE"
+        log "saved the proxy, init, dev and base images to $IMAGE_EXPORT_DIR/{proxy,init,dev,base}.tar"
     fi
     exit 0
 fi

@@ -235,13 +235,10 @@ class AppServiceEndpoint:
         self._tenant_id = tenant_id
         self._default_client_id = default_client_id
         self._queries: dict[str, _Remembered] = {}
-        if not secret.configured:
-            log.info(
-                "App Service endpoint refuses every request: no IDENTITY_HEADER or "
-                "--identity-header-file is configured",
-                path=APP_SERVICE_PATH,
-            )
-        else:
+        self._told_unconfigured = False
+        # Unconfigured is the normal state of a pod in redirect mode, which never uses this
+        # endpoint: say so once a caller does, not at every start.
+        if secret.configured:
             source = "--identity-header-file" if secret.path else "IDENTITY_HEADER"
             log.info("App Service endpoint serves tokens", path=APP_SERVICE_PATH, secret=source)
 
@@ -277,6 +274,13 @@ class AppServiceEndpoint:
 
     def _secret_refusal(self, version: Version, request: web.BaseRequest) -> AppServiceError:
         if not self._secret.configured:
+            if not self._told_unconfigured:
+                self._told_unconfigured = True
+                log.warning(
+                    "App Service endpoint refuses every request: no IDENTITY_HEADER or "
+                    "--identity-header-file is configured",
+                    path=APP_SERVICE_PATH,
+                )
             description = (
                 "This endpoint has no identity header configured (IDENTITY_HEADER or "
                 "--identity-header-file on the proxy), so it refuses every request"

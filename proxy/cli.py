@@ -22,10 +22,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from proxy import config, eventloop, logs
+from proxy import config
 
-PROBE_TRIES = 7
-PROBE_INTERVAL = 1.0
+PROBE_WINDOW = 7.0
+"""How long `--probe` waits for readiness: the upstream hook's 7 tries, 1 s apart."""
+PROBE_INTERVAL = 0.2
+"""Between tries: the app (or the next container) starts this soon after the proxy is ready."""
+PROBE_TIMEOUT = 1.0
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("proxy.cli:run_sidecar", "the sidecar (the default: `imds-proxy [options]`)"),
@@ -98,7 +101,11 @@ def sidecar(parsed: argparse.Namespace) -> int:
 
 
 def run(settings: config.Settings) -> int:
-    from proxy.server import serve  # after config: a bad setting fails before heavy imports
+    # After config: a bad setting fails before heavy imports. Here, not at the top: the
+    # kubelet runs `--probe` every second while a native sidecar starts, and asyncio and
+    # structlog would double what that costs on a busy node.
+    from proxy import eventloop, logs
+    from proxy.server import serve
 
     logs.configure(settings.log_level, settings.log_format)
     try:
@@ -115,20 +122,30 @@ def run(settings: config.Settings) -> int:
     return 0
 
 
-def probe(port: int, tries: int = PROBE_TRIES, interval: float = PROBE_INTERVAL) -> int:
-    """The upstream postStart hook: wait until /readyz answers 200."""
+def probe(port: int, window: float = PROBE_WINDOW, interval: float = PROBE_INTERVAL) -> int:
+    """The postStart hook and the native sidecar's probes: wait until /readyz answers 200.
+
+    Polled every `interval` for up to `window` seconds: the kubelet starts the app when this
+    returns, so a 1 s poll delayed every app's start by up to a second.
+    """
     import urllib.error  # here: the server itself never needs urllib's client
     import urllib.request
 
     url = f"http://127.0.0.1:{port}/readyz"
-    for attempt in range(tries):
+    deadline = time.monotonic() + window
+    tries = 0
+    while True:
+        tries += 1
+        remaining = deadline - time.monotonic()
         try:
-            with urllib.request.urlopen(url, timeout=interval) as response:
+            timeout = max(min(PROBE_TIMEOUT, remaining), 0.05)
+            with urllib.request.urlopen(url, timeout=timeout) as response:
                 if response.status == 200:
                     return 0
         except (urllib.error.URLError, OSError):
             pass
-        if attempt + 1 < tries:
-            time.sleep(interval)
-    print(f"imds-proxy: not ready at {url} after {tries} tries", file=sys.stderr)
+        if time.monotonic() + interval >= deadline:
+            break
+        time.sleep(interval)
+    print(f"imds-proxy: not ready at {url} after {window:g}s ({tries} tries)", file=sys.stderr)
     return 1

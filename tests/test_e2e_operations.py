@@ -163,7 +163,7 @@ def test_probe_flag_waits_for_readiness(proxy: ProxyProcess) -> None:
         timeout=30,
     )
     assert down.returncode == 1
-    assert 5.5 < time.monotonic() - started < 20  # 7 tries, 1 s apart
+    assert 6.5 < time.monotonic() - started < 20  # polled for 7 s
 
 
 def test_sigterm_lets_an_in_flight_exchange_answer(fake_entra: FakeEntra, tmp_path: Path) -> None:

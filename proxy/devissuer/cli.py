@@ -21,7 +21,8 @@ from proxy.devissuer.server import (
     LocalIssuer,
     issuer_json_line,
 )
-from proxy.devissuer.state import DEFAULT_TOKEN_LIFETIME
+from proxy.devissuer.state import DEFAULT_TOKEN_LIFETIME, FederatedCredential
+from proxy.devissuer.trust import TrustError, parse_credential
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not rotate the service-account token at 80%% of its lifetime",
     )
     parser.add_argument("--access-log", action="store_true", help="log each request to stderr")
+    parser.add_argument(
+        "--trust-jwks",
+        metavar="FILE|URL",
+        help="also accept assertions signed by this issuer's keys: a real cluster's JWKS "
+        "(kubectl get --raw /openid/v1/jwks), read again every minute",
+    )
+    parser.add_argument(
+        "--federated-credential",
+        action="append",
+        default=[],
+        type=_credential,
+        metavar="issuer=URL,subject=SUB[,audience=AUD]",
+        help="a federated credential of every client id, instead of the one matching the "
+        "generated token (repeatable; audience defaults to api://AzureADTokenExchange)",
+    )
     return parser
+
+
+def _credential(spec: str) -> FederatedCredential:
+    try:
+        return parse_credential(spec)
+    except TrustError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -88,7 +111,18 @@ async def serve(args: argparse.Namespace) -> None:
         auto_rotate=not args.no_auto_rotate,
         san_ips=args.san_ip,
         access_log=args.access_log,
+        trust_jwks=args.trust_jwks,
+        credentials=args.federated_credential,
     ) as issuer:
+        if args.trust_jwks:
+            logging.info("trusting the keys at %s", args.trust_jwks)
+        for c in args.federated_credential:
+            logging.info(
+                "federated credential: issuer=%s subject=%s audiences=%s",
+                c.issuer,
+                c.subject,
+                ",".join(c.audiences),
+            )
         sys.stdout.write(issuer_json_line(issuer) + "\n")
         sys.stdout.flush()
         await stop.wait()
@@ -100,5 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lifetimes must be positive", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except TrustError as e:
+        print(f"cannot trust the external issuer: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.devissuer import errors
 from proxy.devissuer.errors import EntraError, clip
@@ -139,7 +140,10 @@ def verify_assertion(state: IssuerState, client_id: str, assertion: str) -> Fede
         )
 
     kid = header.get("kid")
-    key = state.service_account_keys.get(kid) if isinstance(kid, str) else None
+    key: rsa.RSAPublicKey | None = None
+    if isinstance(kid, str):
+        own = state.service_account_keys.get(kid)
+        key = own.public_key if own is not None else state.trusted_keys.get(kid)
     if key is None:
         raise EntraError(
             errors.BAD_SIGNATURE,
@@ -150,7 +154,7 @@ def verify_assertion(state: IssuerState, client_id: str, assertion: str) -> Fede
     try:
         jwt.decode(
             assertion,
-            key.public_key,
+            key,
             algorithms=["RS256"],
             options={
                 "verify_exp": False,

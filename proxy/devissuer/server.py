@@ -30,6 +30,7 @@ from proxy.devissuer.satoken import (
 )
 from proxy.devissuer.signing import SigningKey
 from proxy.devissuer.state import DEFAULT_TOKEN_LIFETIME, FederatedCredential, IssuerState
+from proxy.devissuer.trust import JwksSource
 
 DEFAULT_TENANT_ID = "9b6e1c1a-0d3e-4c5f-8a7b-1d2e3f4a5b6c"
 """Tenant id of the local issuer unless another is given; not a real Entra tenant."""
@@ -96,12 +97,19 @@ class LocalIssuer:
         auto_rotate: bool = True,
         san_ips: Sequence[str] = (),
         access_log: bool = False,
+        trust_jwks: str | None = None,
+        credentials: Sequence[FederatedCredential] = (),
     ) -> AsyncIterator[LocalIssuer]:
         """Serve until the block exits; yields the issuer's coordinates.
 
         ``advertise_host`` is the address clients use (default: ``host``, or 127.0.0.1
         when binding a wildcard); it and ``san_ips`` go into the certificate.
+        ``trust_jwks`` (a JWKS file or URL) adds a real cluster's signing keys to the one
+        generated here; ``credentials``, when given, are every app registration's federated
+        credentials instead of the one matching the generated token.
         """
+        jwks = JwksSource(trust_jwks) if trust_jwks else None
+        trusted = await asyncio.to_thread(jwks.read) if jwks else {}
         advertised = advertise_host or _advertised(host)
         sans = [*san_ips, *(h for h in (host, advertised) if _is_ip(h))]
         names = [h for h in (host, advertised) if not _is_ip(h)]
@@ -122,7 +130,7 @@ class LocalIssuer:
             lifetime=sa_token_lifetime,
         )
         token_path = tokens.rotate()
-        credential = (FederatedCredential(issuer=sa_issuer, subject=subject),)
+        credential = tuple(credentials) or (FederatedCredential(issuer=sa_issuer, subject=subject),)
         state = IssuerState(
             tenant_id=tenant_id,
             signing_key=signing_key,
@@ -130,6 +138,7 @@ class LocalIssuer:
             federated_credentials={c: credential for c in (client_id, *extra_client_ids)},
             default_token_lifetime=token_lifetime,
             sa_tokens=tokens,
+            trusted_keys=dict(trusted),
         )
 
         sock = _bind(host, port)
@@ -140,6 +149,7 @@ class LocalIssuer:
         )
         await runner.setup()
         rotator: asyncio.Task[None] | None = None
+        follower: asyncio.Task[None] | None = None
         try:
             await web.SockSite(runner, sock, ssl_context=tls.server_context()).start()
             bound_port = sock.getsockname()[1]
@@ -159,8 +169,14 @@ class LocalIssuer:
             state.info.update(issuer.to_json())
             if auto_rotate:
                 rotator = asyncio.create_task(tokens.auto_rotate(), name="sa-token-rotation")
+            if jwks is not None:
+                follower = asyncio.create_task(jwks.follow(state.trusted_keys), name="jwks")
             yield issuer
         finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
             if rotator is not None:
                 rotator.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast, get_args
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from proxy.devissuer.satoken import DEFAULT_AUDIENCE, ServiceAccountTokenSource
 from proxy.devissuer.signing import SigningKey
 
@@ -193,6 +195,8 @@ class IssuerState:
     federated_credentials: dict[str, tuple[FederatedCredential, ...]]
     """App registrations by client id, each with its federated credentials."""
     default_token_lifetime: int = DEFAULT_TOKEN_LIFETIME
+    trusted_keys: dict[str, rsa.RSAPublicKey] = field(default_factory=dict)
+    """An external issuer's keys by ``kid`` (a real cluster's JWKS, ``--trust-jwks``)."""
     sa_tokens: ServiceAccountTokenSource | None = None
     info: dict[str, Any] = field(default_factory=dict)
     """What ``GET /_control/info`` reports (set by the server once it is bound)."""

@@ -206,12 +206,16 @@ def _proxy_container(sidecar: Sidecar, identity: Identity | None) -> dict[str, A
         proxy["lifecycle"] = {"postStart": {"exec": {"command": Flow(sidecar.probe)}}}
     else:
         proxy["restartPolicy"] = "Always"
-        for name, period in (("startupProbe", 10), ("readinessProbe", 30)):
+        # The app waits for the startupProbe. Every second, so the first run comes within a
+        # second of the proxy's start (at 10 s, the app started up to 10 s after the proxy
+        # listened); one run polls /readyz for up to 7 s and answers as soon as it is ready.
+        # Four failed runs of ~8 s each keep the old allowance of ~30 s.
+        for name, period, failures in (("startupProbe", 1, 4), ("readinessProbe", 30, 3)):
             proxy[name] = {
                 "exec": {"command": Flow(sidecar.probe)},
                 "timeoutSeconds": 10,  # one probe polls /readyz for up to 7 s
                 "periodSeconds": period,
-                "failureThreshold": 3,
+                "failureThreshold": failures,
             }
     env = _identity_env(identity) if identity is not None else []
     env += [{"name": name, "value": value} for name, value in sidecar.proxy_env]
