@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from proxy.server import stop_reserve
 from tests.fake_entra import FakeEntra
 from tests.proxy_process import ProxyProcess
 
@@ -86,8 +87,11 @@ def test_native_sidecar_stops_within_drain_idle(fake_entra: FakeEntra, tmp_path:
 def test_shutdown_grace_bounds_a_drain_that_never_goes_quiet(
     fake_entra: FakeEntra, tmp_path: Path
 ) -> None:
-    """Requests every 0.2 s would keep a 2 s drain open forever; the grace ends it."""
+    """Requests every 0.2 s would keep a 2 s drain open forever; the grace ends it: the
+    listener closes when only the stop reserve is left, and the process exits within the
+    grace."""
     grace = 2.5
+    drain_ends = grace - stop_reserve(grace)
     proxy = _started(fake_entra, tmp_path, f"--shutdown-grace={grace}", drain=2.0)
     assert proxy.proc is not None
     signalled = time.monotonic()
@@ -101,7 +105,7 @@ def test_shutdown_grace_bounds_a_drain_that_never_goes_quiet(
         time.sleep(0.2)
     exited = _exited_within(proxy, EXIT_MARGIN + 5)
     assert refused
-    assert grace * 0.9 <= exited - signalled < grace + EXIT_MARGIN
+    assert drain_ends * 0.9 <= exited - signalled < grace + EXIT_MARGIN
     assert proxy.stop() == 0
 
 
