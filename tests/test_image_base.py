@@ -8,25 +8,17 @@ the real bases with it.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import tarfile
 from pathlib import Path
-from types import ModuleType
+
+from tests import image_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy/image" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-base_image = _load("base_image")
+base_image = image_scripts.load("base_image")
 
 
 def test_an_arm64_base_archive(tmp_path: Path) -> None:

@@ -6,14 +6,13 @@ On a small tree assembled from this host's own binaries the way rootfs.py assemb
 
 from __future__ import annotations
 
-import importlib.util
 import platform
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests import image_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine())
@@ -23,17 +22,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy/image" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-elf_check = _load("elf_check")
-rootfs = _load("rootfs")
+elf_check = image_scripts.load("elf_check")
+rootfs = image_scripts.load("rootfs")
 
 
 @pytest.fixture

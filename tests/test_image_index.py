@@ -6,27 +6,19 @@ the config, one layer.tar per layer); deploy/image-test.sh runs it on the real i
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import tarfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests import image_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy/image" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-oci_index = _load("oci_index")
+oci_index = image_scripts.load("oci_index")
 
 
 def saved_image(path: Path, arch: str, content: bytes) -> Path:

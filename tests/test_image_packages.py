@@ -23,13 +23,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import requests
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests import image_scripts
 from tests.fake_entra import FakeEntra
 from tests.netns import init_env, iptables_available, pod_network, requires_root, run_init
 from tests.proxy_process import running_proxy
@@ -38,16 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OURS = ("proxy", "init")
 
 
-def _load(name: str) -> ModuleType:
-    """A script of deploy/image/ (not a package: it runs inside a Docker build) as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy/image" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-distribution = _load("distribution")
+distribution = image_scripts.load("distribution")
 PROJECT = distribution.load(ROOT / "pyproject.toml")
 
 # Imports that leave an image's packages on purpose: the optional commands, whose entry

@@ -7,12 +7,11 @@ deploy/image-test.sh then checks the built images themselves (deploy/image/check
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import requests
 
+from tests import image_scripts
 from tests.fake_entra import FakeEntra
 from tests.netns import init_env, iptables_available, pod_network, requires_root, run_init
 from tests.proxy_process import running_proxy
@@ -21,16 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACE = {"PYTHONPROFILEIMPORTTIME": "1"}
 
 
-def _load(name: str) -> ModuleType:
-    """A script of deploy/image/ (not a package: it runs inside a Docker build) as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy/image" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rootfs = _load("rootfs")
+rootfs = image_scripts.load("rootfs")
 
 
 def imported(trace: str) -> set[str]:
@@ -86,7 +76,7 @@ def test_an_init_run_imports_nothing_the_images_omit() -> None:
 def test_the_check_script_runs_with_the_full_stdlib() -> None:
     """check_image.py finds the dependencies' modules (the project itself is an editable
     install here, so its own files are not in its distribution's record)."""
-    modules, tops = _load("check_image").installed_modules()
+    modules, tops = image_scripts.load("check_image").installed_modules()
     assert {"aiohttp.web", "msal", "yarl", "cryptography.x509"} <= set(modules)
     assert {"aiohttp", "cryptography", "structlog"} <= tops
     assert not any(name.endswith("__main__") for name in modules)
