@@ -66,6 +66,93 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+@dataclass(frozen=True)
+class Authority:
+    """A throwaway CA: its key signs leaf certificates for as long as it is valid.
+
+    Every certificate carries the extensions strict verifiers (``VERIFY_X509_STRICT``, the
+    default from Python 3.13) demand, so newer clients accept them too.
+    """
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def new(cls, subject: x509.Name, valid_for: datetime.timedelta) -> Authority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + valid_for)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    def issue(
+        self, subject: x509.Name, sans: list[x509.GeneralName], *, server: bool = True
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """A new key and its certificate, for a server (with `sans`) or a TLS client."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self.cert.not_valid_before_utc)
+            .not_valid_after(self.cert.not_valid_after_utc)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+            )
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return key, builder.sign(self.key, hashes.SHA256())
+
+
+def pem(item: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
+    """A certificate or an unencrypted PKCS#8 key in PEM."""
+    if isinstance(item, x509.Certificate):
+        return item.public_bytes(serialization.Encoding.PEM)
+    return item.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
 def generate_tls_files(
     directory: Path,
     hosts: Iterable[str] = (),
@@ -73,98 +160,21 @@ def generate_tls_files(
     *,
     valid_for: datetime.timedelta = datetime.timedelta(days=2),
 ) -> TlsFiles:
-    """Create a CA and a server certificate for ``localhost``/``127.0.0.1``/``::1`` + extras.
-
-    The certificates carry the extensions strict verifiers (``VERIFY_X509_STRICT``, the
-    default from Python 3.13) demand, so newer clients accept them too.
-    """
+    """Create a CA and a server certificate for ``localhost``/``127.0.0.1``/``::1`` + extras."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    not_before = now - datetime.timedelta(minutes=5)
-    not_after = now + valid_for
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("imds-oidc-proxy throwaway CA")
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
+    authority = Authority.new(_name("imds-oidc-proxy throwaway CA"), valid_for)
     dns_names = list(dict.fromkeys([*_DEFAULT_HOSTS, *hosts]))
     ip_names = list(dict.fromkeys([*_DEFAULT_IPS, *ips]))
     sans: list[x509.GeneralName] = [x509.DNSName(h) for h in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_names]
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(dns_names[0]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    key, cert = authority.issue(_name(dns_names[0]), sans)
 
     files = TlsFiles(
         ca_bundle=directory / CA_FILENAME,
         cert=directory / CERT_FILENAME,
         key=directory / KEY_FILENAME,
     )
-    _write(files.ca_bundle, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(
-        files.key,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-    )
+    _write(files.ca_bundle, pem(authority.cert), 0o644)
+    _write(files.cert, pem(cert), 0o644)
+    _write(files.key, pem(key), 0o600)
     return files

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
+
+from proxy.devissuer.pki import Authority, pem
 
 NODE_NAME = "localhost"
 """The kubelet may not report a loopback address; named `localhost`, the API server reaches
@@ -81,57 +83,13 @@ def create(directory: Path, service_ips: list[str]) -> Pki:
     """Write a CA and every certificate the cluster needs into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("imds-oidc-proxy-tests-ca")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(pki.key("ca"), ca_key)
+    authority = Authority.new(_name("imds-oidc-proxy-tests-ca"), datetime.timedelta(days=2))
+    pki.ca.write_bytes(pem(authority.cert))
+    _write_key(pki.key("ca"), authority.key)
 
     def leaf(name: str, subject: x509.Name, *, server: bool, sans: list[x509.GeneralName]) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        pki.cert(name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key, cert = authority.issue(subject, sans, server=server)
+        pki.cert(name).write_bytes(pem(cert))
         _write_key(pki.key(name), key)
 
     dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]

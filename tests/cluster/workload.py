@@ -165,48 +165,51 @@ class Workload:
             "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, **RESTRICTED},
         }
 
+    def service_account(self, client_id: str | None = CLIENT_ID) -> dict[str, Any]:
+        """The workload's ServiceAccount, with the client id annotation unless None."""
+        annotations = {"azure.workload.identity/client-id": client_id} if client_id else {}
+        return {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVICE_ACCOUNT, "annotations": annotations},
+        }
+
+    def jwks_config_map(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "cluster-jwks"},
+            "data": {"jwks.json": self.jwks},
+        }
+
+    def pod_spec(self) -> dict[str, Any]:
+        """The app and the fake Entra ID, with the fake Entra ID's files (its CA, which the
+        proxy trusts) and the cluster's keys."""
+        return {
+            "serviceAccountName": SERVICE_ACCOUNT,
+            "terminationGracePeriodSeconds": self.grace,
+            "volumes": [
+                {"name": "entra", "emptyDir": {}},
+                {"name": "jwks", "configMap": {"name": "cluster-jwks"}},
+            ],
+            "initContainers": [self.fake_entra()],
+            "containers": [self.app()],
+        }
+
     def manifest(self) -> str:
         """What the user writes: ServiceAccount, the JWKS ConfigMap, the Deployment."""
         labels = {"app": self.name}
-        docs: list[dict[str, Any]] = [
-            {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": {
-                    "name": SERVICE_ACCOUNT,
-                    "annotations": {"azure.workload.identity/client-id": CLIENT_ID},
-                },
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": self.name, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": self.pod_spec()},
             },
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "cluster-jwks"},
-                "data": {"jwks.json": self.jwks},
-            },
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": self.name, "labels": labels},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "serviceAccountName": SERVICE_ACCOUNT,
-                            "terminationGracePeriodSeconds": self.grace,
-                            # The fake Entra ID's files: its CA, which the proxy trusts.
-                            "volumes": [
-                                {"name": "entra", "emptyDir": {}},
-                                {"name": "jwks", "configMap": {"name": "cluster-jwks"}},
-                            ],
-                            "initContainers": [self.fake_entra()],
-                            "containers": [self.app()],
-                        },
-                    },
-                },
-            },
-        ]
+        }
+        docs = [self.service_account(), self.jwks_config_map(), deployment]
         return yaml.safe_dump_all(docs, sort_keys=False)
 
     def injected(self) -> str:
@@ -249,30 +252,36 @@ def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def after_inject(text: str) -> str:
+    """`localize` every pod template of an injected manifest."""
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    for doc in docs:
+        for spec in _pod_specs(doc):
+            localize(spec)
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def localize(spec: dict[str, Any]) -> dict[str, Any]:
     """The local issuer's CA for the proxy, and no image pulls (no registry here).
 
     The fake Entra ID stands for a service that exists before the pod: it goes first of
     the init containers (inject puts the proxy there), so that the app's start measures
-    the proxy's startup alone.
+    the proxy's startup alone. Idempotent: a second pass changes nothing.
     """
-    docs = [d for d in yaml.safe_load_all(text) if d]
-    for doc in docs:
-        for spec in _pod_specs(doc):
-            inits = spec.get("initContainers") or []
-            spec["initContainers"] = [
-                *(c for c in inits if c["name"] == FAKE_ENTRA),
-                *(c for c in inits if c["name"] != FAKE_ENTRA),
-            ]
-            for c in [*(spec.get("initContainers") or []), *spec["containers"]]:
-                c["imagePullPolicy"] = "Never"
-                if c["name"] == PROXY:
-                    c.setdefault("env", []).append(
-                        {"name": "REQUESTS_CA_BUNDLE", "value": f"{ENTRA_DIR}/pki/ca.pem"}
-                    )
-                    c.setdefault("volumeMounts", []).append(
-                        {"name": "entra", "mountPath": ENTRA_DIR, "readOnly": True}
-                    )
-    return yaml.safe_dump_all(docs, sort_keys=False)
+    inits = spec.get("initContainers") or []
+    spec["initContainers"] = [
+        *(c for c in inits if c["name"] == FAKE_ENTRA),
+        *(c for c in inits if c["name"] != FAKE_ENTRA),
+    ]
+    for c in [*spec["initContainers"], *spec["containers"]]:
+        c["imagePullPolicy"] = "Never"
+        if c["name"] == PROXY:
+            env = c.setdefault("env", [])
+            if not any(e["name"] == "REQUESTS_CA_BUNDLE" for e in env):
+                env.append({"name": "REQUESTS_CA_BUNDLE", "value": f"{ENTRA_DIR}/pki/ca.pem"})
+            mounts = c.setdefault("volumeMounts", [])
+            if not any(m["name"] == "entra" for m in mounts):
+                mounts.append({"name": "entra", "mountPath": ENTRA_DIR, "readOnly": True})
+    return spec
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
