@@ -8,13 +8,19 @@ the process at start with one line naming the setting (`ConfigError`), never lat
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
 from proxy import __version__, cliparse
+from proxy.identity_ids import (
+    IdentitySpec,
+    IdentitySpecError,
+    is_client_id,
+    is_tenant_id,
+    parse_specs,
+)
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
@@ -24,47 +30,14 @@ DEFAULT_METRICS_PORT = 14637
 """Off the ports apps use (8080, 9090, 9100...); why this one: README, "Ports"."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-_TENANT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-
-
 IDENTITY_SOURCE_ENV = "IMDS_PROXY_IDENTITY_SOURCE"
 """Set by `imds-proxy webhook`: where the pod's client id came from, for the report."""
 IDENTITIES_ENV = "IMDS_PROXY_IDENTITIES"
 """Identity mappings from the environment: `--identity` specs separated by `;` or spaces."""
-_RESOURCE_ID_PREFIX = "/subscriptions/"
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names it and says what is wrong."""
-
-
-def is_client_id(value: str) -> bool:
-    """Entra application (client) ids are GUIDs."""
-    return bool(_GUID.match(value))
-
-
-def is_tenant_id(value: str) -> bool:
-    """A tenant GUID or domain name, as the proxy accepts in AZURE_TENANT_ID."""
-    return bool(_TENANT.match(value))
-
-
-is_object_id = is_client_id
-"""Object ids are GUIDs too."""
-
-
-def is_resource_id(value: str) -> bool:
-    """The shape of an Azure resource id, as far as an identity selector needs it."""
-    return value[: len(_RESOURCE_ID_PREFIX)].lower() == _RESOURCE_ID_PREFIX and value.isprintable()
-
-
-@dataclass(frozen=True, slots=True)
-class IdentitySpec:
-    """An identity of the pod by client id, with the ids its tokens may not reveal."""
-
-    client_id: str
-    object_id: str | None = None
-    resource_id: str | None = None
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
@@ -330,46 +303,13 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
 
 
 def _identities(flags: Sequence[str], env_value: str) -> tuple[IdentitySpec, ...]:
-    """`--identity` flags, then the environment's specs; no id may name two identities."""
+    """`--identity` flags, then the environment's specs."""
     given = [("--identity", spec) for spec in flags]
     given += [(IDENTITIES_ENV, spec) for spec in env_value.replace(";", " ").split()]
-    specs: list[IdentitySpec] = []
-    owners: dict[str, str] = {}
-    for source, text in given:
-        spec = _identity_spec(source, text)
-        if any(s.client_id.lower() == spec.client_id.lower() for s in specs):
-            raise ConfigError(f"{source}: {spec.client_id} is given twice; give it once")
-        for value in (spec.object_id, spec.resource_id):
-            if value is not None and owners.setdefault(value.lower(), spec.client_id) != (
-                spec.client_id
-            ):
-                raise ConfigError(f"{source}: {value} is given for more than one identity")
-        specs.append(spec)
-    return tuple(specs)
-
-
-def _identity_spec(source: str, text: str) -> IdentitySpec:
-    client_id, *pairs = [part.strip() for part in text.strip().split(",")]
-    if not is_client_id(client_id):
-        raise ConfigError(
-            f"{source}: {client_id!r} must start with a client id (a GUID), "
-            "as in CLIENT_ID,object_id=OID,resource_id=RID"
-        )
-    found: dict[str, str] = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        name, value = name.strip(), value.strip()
-        if name not in ("object_id", "resource_id") or not value or name in found:
-            raise ConfigError(
-                f"{source}: {pair!r} is not object_id=GUID or resource_id=/subscriptions/... "
-                "(each at most once)"
-            )
-        if name == "object_id" and not is_object_id(value):
-            raise ConfigError(f"{source}: object_id {value!r} must be a GUID")
-        if name == "resource_id" and not is_resource_id(value):
-            raise ConfigError(f"{source}: resource_id {value!r} must start with /subscriptions/")
-        found[name] = value
-    return IdentitySpec(client_id, found.get("object_id"), found.get("resource_id"))
+    try:
+        return parse_specs(given)
+    except IdentitySpecError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _log_level(value: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from proxy.config import IdentitySpec, is_object_id, is_resource_id
+from proxy.identity_ids import IdentitySpec, is_object_id, is_resource_id
 from proxy.imds import IdentityQuery, ImdsError, Selector, TokenRequest, error_for
 from proxy.imds import identity_not_found as not_found
 from proxy.tokens.cache import Exchange

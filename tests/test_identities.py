@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from proxy.config import IdentitySpec
 from proxy.identities import MAX_LEARNED, IdentityDirectory, identity_claims
+from proxy.identity_ids import IdentitySpec
 from proxy.imds import IdentityQuery, ImdsError, Selector
 from proxy.tokens.errors import EntraRejected, EntraThrottled, EntraUnavailable, TokenError
 from proxy.tokens.model import AccessToken, TokenKey

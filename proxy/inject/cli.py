@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy import cliparse, config
+from proxy import cliparse
+from proxy.identity_ids import is_client_id
 from proxy.inject import additions, ledger, locate, takeback, yamlio
 
 _DEFAULTS = additions.Sidecar()
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    if args.client_id and not config.is_client_id(args.client_id):
+    if args.client_id and not is_client_id(args.client_id):
         parser.error(f"--client-id must be an application (client) id, a GUID: {args.client_id!r}")
     if bool(args.client_id) != bool(args.tenant_id):
         print(
