@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,12 +24,15 @@ from proxy.identity_ids import (
 )
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
+DEFAULT_HOST = "127.0.0.1"
+"""Pod-local: only the pod's own containers reach the token port."""
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
 DEFAULT_PROXY_PORT = 8000
 """Upstream's default `proxy-sidecar-port`."""
 DEFAULT_METRICS_PORT = 14637
 """Off the ports apps use (8080, 9090, 9100...); why this one: README, "Ports"."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_LOG_LEVEL = "info"
 
 IDENTITY_SOURCE_ENV = "IMDS_PROXY_IDENTITY_SOURCE"
 """Set by `imds-proxy webhook`: where the pod's client id came from, for the report."""
@@ -52,13 +56,13 @@ class Settings:
     client_id: str | None = None
     authority_host: str = DEFAULT_AUTHORITY_HOST
     ca_bundle: str | None = None
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = DEFAULT_PROXY_PORT
     imds_upstream: str | None = DEFAULT_IMDS_UPSTREAM
     """Where allowlisted, non-identity metadata requests go; None: not forwarded."""
     metrics_host: str = "0.0.0.0"
     metrics_port: int = DEFAULT_METRICS_PORT
-    log_level: str = "info"
+    log_level: str = DEFAULT_LOG_LEVEL
     log_format: str = "json"
     shutdown_grace: float = 25.0
     """Under the pod's default 30 s terminationGracePeriodSeconds: exit before SIGKILL."""
@@ -84,8 +88,11 @@ class Settings:
     """Where the webhook found the client id (env IMDS_PROXY_IDENTITY_SOURCE); reported."""
 
 
-_DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
-"""The flags' defaults are the settings' defaults: one place to change them."""
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+)
+"""Every setting's default by field name: the flags' defaults are the settings' own, so
+other commands read them here (or from the DEFAULT_* constants), never from the parser."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,20 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--proxy-port",
         type=int,
-        default=_DEFAULT["port"],
+        default=DEFAULTS["port"],
         help="port for IMDS requests (default %(default)s)",
     )
-    add("--host", default=_DEFAULT["host"], help="address to bind (default %(default)s: pod-local)")
+    add("--host", default=DEFAULTS["host"], help="address to bind (default %(default)s: pod-local)")
     add(
         "--log-level",
-        default=_DEFAULT["log_level"],
+        default=DEFAULTS["log_level"],
         type=_log_level,
         help="debug, info, warning, error",
     )
-    add("--log-format", default=_DEFAULT["log_format"], choices=("json", "console"))
+    add("--log-format", default=DEFAULTS["log_format"], choices=("json", "console"))
     add(
         "--imds-upstream",
-        default=_DEFAULT["imds_upstream"],
+        default=DEFAULTS["imds_upstream"],
         help="where non-identity metadata requests (/metadata/instance, attested, "
         "loadbalancer, scheduledevents, versions) go; 'none' answers them with 404 "
         "(default %(default)s)",
@@ -122,43 +129,43 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--metrics-port",
         type=int,
-        default=_DEFAULT["metrics_port"],
+        default=DEFAULTS["metrics_port"],
         help="Prometheus port (default %(default)s); 0 turns it off",
     )
     add(
         "--metrics-host",
-        default=_DEFAULT["metrics_host"],
+        default=DEFAULTS["metrics_host"],
         help="metrics address (default %(default)s)",
     )
     add(
         "--shutdown-grace",
         type=float,
-        default=_DEFAULT["shutdown_grace"],
+        default=DEFAULTS["shutdown_grace"],
         help="on SIGTERM: seconds at most before exiting (drain, then in-flight requests)",
     )
     add(
         "--drain-idle",
         type=float,
-        default=_DEFAULT["drain_idle"],
+        default=DEFAULTS["drain_idle"],
         help="on SIGTERM: keep serving until no request came for this many seconds",
     )
     add(
         "--event-loop",
-        default=_DEFAULT["event_loop"],
+        default=DEFAULTS["event_loop"],
         choices=EVENT_LOOPS,
         help="auto: uvloop when installed, else asyncio's loop (default %(default)s)",
     )
     add(
         "--entra-timeout",
         type=float,
-        default=_DEFAULT["entra_timeout"],
+        default=DEFAULTS["entra_timeout"],
         help="deadline in seconds for a whole exchange with Entra ID (connect, TLS, "
         "every read); a caller still waiting then gets 503 with Retry-After",
     )
     add(
         "--new-resource-rate",
         type=float,
-        default=_DEFAULT["new_resource_rate"],
+        default=DEFAULTS["new_resource_rate"],
         help="exchanges per second for tokens not held yet, after a burst of "
         "--new-resource-burst; more callers get 429 with Retry-After (refreshes are never "
         "limited) (default %(default)s)",
@@ -166,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--new-resource-burst",
         type=int,
-        default=_DEFAULT["new_resource_burst"],
+        default=DEFAULTS["new_resource_burst"],
         help="exchanges for tokens not held yet allowed at once (default %(default)s)",
     )
     add(
@@ -178,19 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--cache-max-entries",
         type=int,
-        default=_DEFAULT["cache_max_entries"],
+        default=DEFAULTS["cache_max_entries"],
         help="tokens kept at most (LRU)",
     )
     add(
         "--rejected-ttl",
         type=float,
-        default=_DEFAULT["rejected_ttl"],
+        default=DEFAULTS["rejected_ttl"],
         help="seconds an Entra 4xx is answered from memory",
     )
     add(
         "--propagation-window",
         type=float,
-        default=_DEFAULT["propagation_window"],
+        default=DEFAULTS["propagation_window"],
         help="seconds after an identity's first exchange during which 'no matching federated "
         "credential' is answered 503 and retried (a new credential propagating)",
     )

@@ -54,7 +54,7 @@ class Check:
 def check_settings(environ: Mapping[str, str]) -> tuple[Check, config.Settings | None]:
     name = "settings"
     try:
-        settings = config.load(config.build_parser().parse_args([]), environ)
+        settings = config.parse((), environ)
     except config.ConfigError as exc:
         return Check(name, False, str(exc), _settings_fix(str(exc))), None
     if settings.client_id is None:

@@ -33,6 +33,7 @@ TOKEN_SECONDS_RANGE = (3600, 86400)
 PROXY_UID = 1501
 USE_LABEL = "azure.workload.identity/use"
 MODES = ("redirect", "endpoint", "both")
+DEFAULT_MODE = "redirect"
 IDENTITY_ONLY = "identity"
 """The ledger's mode when only the identity was added (the webhook, without a proxy)."""
 DEFAULT_IMAGE = f"registry.example/imds-proxy:{__version__}"
@@ -67,13 +68,13 @@ class Identity:
 class Sidecar:
     """This project's part: the proxy, and the init container that redirects IMDS to it."""
 
-    mode: str = "redirect"
+    mode: str = DEFAULT_MODE
     classic: bool = False
     image: str = DEFAULT_IMAGE
     init_image: str = DEFAULT_INIT_IMAGE
     proxy_port: int = config.DEFAULT_PROXY_PORT
     metrics_port: int = config.DEFAULT_METRICS_PORT
-    log_level: str = "info"
+    log_level: str = config.DEFAULT_LOG_LEVEL
     proxy_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     """More variables for the proxy alone (the webhook's carried-over identity selectors)."""
 

@@ -41,7 +41,7 @@ class Settings:
     authority_host: str = config.DEFAULT_AUTHORITY_HOST
     proxy_image: str = additions.DEFAULT_IMAGE
     proxy_init_image: str = additions.DEFAULT_INIT_IMAGE
-    proxy_log_level: str = "info"
+    proxy_log_level: str = config.DEFAULT_LOG_LEVEL
     proxy_metrics_port: int = config.DEFAULT_METRICS_PORT
     sidecar: str = "auto"
     on_error: str = "deny"
