@@ -19,6 +19,7 @@ from typing import Any
 
 from proxy import __version__, config
 from proxy.inject.ledger import Ledger, resolve
+from proxy.wellknown import PROXY_UID, TOKEN_EXCHANGE_AUDIENCE
 
 PROXY = "azwi-proxy"
 PROXY_INIT = "azwi-proxy-init"
@@ -26,11 +27,9 @@ PROXY_NAMES = (PROXY, PROXY_INIT)
 """Upstream's names too: a pod has one proxy, whichever webhook or tool added it."""
 TOKEN_VOLUME = "azure-identity-token"
 TOKEN_DIR = "/var/run/secrets/azure/tokens"
-TOKEN_AUDIENCE = "api://AzureADTokenExchange"
 TOKEN_SECONDS = 3600
 TOKEN_SECONDS_RANGE = (3600, 86400)
 """What the Workload ID webhook accepts for `service-account-token-expiration`."""
-PROXY_UID = 1501
 USE_LABEL = "azure.workload.identity/use"
 MODES = ("redirect", "endpoint", "both")
 DEFAULT_MODE = "redirect"
@@ -186,7 +185,7 @@ def _token_mount() -> dict[str, Any]:
 def _token_volume(identity: Identity) -> dict[str, Any]:
     token = {
         "path": TOKEN_VOLUME,
-        "audience": TOKEN_AUDIENCE,
+        "audience": TOKEN_EXCHANGE_AUDIENCE,
         "expirationSeconds": identity.token_seconds,
     }
     return {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}
