@@ -7,12 +7,11 @@ is never sent) and the claims that explain a federation rejection.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import jwt
 
 from proxy.tokens.errors import CredentialUnavailable
 from proxy.tokens.federation import AssertionClaims
@@ -89,17 +88,16 @@ class AssertionSource:
         )
 
 
-def _claims(jwt: str, path: str) -> dict[str, object]:
-    """The payload, read without verifying (Entra verifies; we only avoid sending junk)."""
-    parts = jwt.split(".")
-    if len(parts) != 3:
-        raise CredentialUnavailable(f"service-account token in {path} is not a JWT")
+def _claims(token: str, path: str) -> dict[str, object]:
+    """The payload, read without verifying (Entra verifies; we only avoid sending junk).
+
+    PyJWT's message may quote the token's parts: only the path is said.
+    """
     try:
-        payload = parts[1] + "=" * (-len(parts[1]) % 4)
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
+        claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
         raise CredentialUnavailable(f"service-account token in {path} is not a JWT") from None
-    return claims if isinstance(claims, dict) else {}
+    return claims
 
 
 def _federation_claims(claims: dict[str, object]) -> AssertionClaims:
