@@ -91,10 +91,17 @@ class AssertionSource:
 def _claims(token: str, path: str) -> dict[str, object]:
     """The payload, read without verifying (Entra verifies; we only avoid sending junk).
 
-    PyJWT's message may quote the token's parts: only the path is said.
+    The signature segment is left out: it is Entra's to judge, and a corrupt one sent on
+    comes back named (AADSTS50027) with its fix, where PyJWT would only call it malformed.
+    PyJWT's message may quote the token: only the path is said.
     """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise CredentialUnavailable(f"service-account token in {path} is not a JWT")
     try:
-        claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
+        claims: dict[str, object] = jwt.decode(
+            f"{parts[0]}.{parts[1]}.", options={"verify_signature": False}
+        )
     except jwt.PyJWTError:
         raise CredentialUnavailable(f"service-account token in {path} is not a JWT") from None
     return claims

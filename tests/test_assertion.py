@@ -187,6 +187,13 @@ def test_a_replaced_file_is_read_again(
     assert opens.count == 2
 
 
+def test_a_corrupt_signature_is_left_for_entra_to_name(token_path: Path, clock: FakeClock) -> None:
+    header, payload, _ = make_jwt().split(".")
+    forged = f"{header}.{payload}.{b64(b'signature')[::-1]}-"  # not even base64
+    token_path.write_text(forged)
+    assert AssertionSource(str(token_path), clock)() == forged
+
+
 def test_call_returns_the_assertion(token_path: Path, clock: FakeClock) -> None:
     jwt = make_jwt()
     token_path.write_text(jwt)
