@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from init.settings import DEFAULT_PROXY_UID
 from proxy.wellknown import PROXY_UID, TOKEN_EXCHANGE_AUDIENCE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +157,11 @@ def test_mutated_pod_matches_the_annotated_one(name: str) -> None:
     assert pod["spec"]["serviceAccountName"] == original["spec"]["serviceAccountName"]
     app = _container(pod["spec"]["containers"], "app")
     assert app["image"] == original["spec"]["containers"][0]["image"]
+
+
+def test_the_init_program_exempts_the_proxys_uid_by_default() -> None:
+    # The init image does not ship the proxy package: its default is a copy, kept equal here.
+    assert DEFAULT_PROXY_UID == PROXY_UID
 
 
 @pytest.mark.parametrize("name", MUTATED)
