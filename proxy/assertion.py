@@ -1,23 +1,21 @@
 """The pod's projected service-account token: the client assertion sent to Entra ID.
 
-kubelet rotates the file by swapping a `..data` symlink, so the path is resolved and
-stat'ed on every read: a changed (device, inode, size, mtime) means a new token. The
-content is decoded only to learn its `exp`: a token past it is never sent.
+kubelet rotates the file by swapping a `..data` symlink; `WatchedFile` notices the swap
+and reads the new token. The content is decoded only to learn its `exp` (a token past it
+is never sent) and the claims that explain a federation rejection.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import jwt
+
 from proxy.tokens.errors import CredentialUnavailable
 from proxy.tokens.federation import AssertionClaims
+from proxy.watchedfile import WatchedFile
 
 _NO_CLAIMS = AssertionClaims()
 
@@ -39,10 +37,6 @@ directory and then deleting the old one: a read that resolved the old link just 
 finds nothing, and the very next read finds the new token."""
 
 
-class _Rotating(Exception):
-    """The file was not there on this read (mid-rotation, or really missing)."""
-
-
 class AssertionSource:
     """Reads the federated token file, re-reading only when kubelet replaced it.
 
@@ -52,58 +46,39 @@ class AssertionSource:
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
-        self._lock = threading.Lock()
-        self._identity: tuple[int, int, int, int] | None = None
-        self._token: ServiceAccountToken | None = None
+        self._file = WatchedFile(path, self._parse)
 
     def current(self) -> ServiceAccountToken:
         """The current, unexpired token. Raises `CredentialUnavailable` saying why not."""
         for attempt in range(ROTATION_RETRIES + 1):
             try:
-                token = self._load()
+                token = self._file.current()
                 break
-            except _Rotating:
+            except FileNotFoundError:
                 if attempt == ROTATION_RETRIES:
                     raise CredentialUnavailable(
                         f"service-account token file {self.path} does not exist"
                     ) from None
+            except OSError as exc:
+                raise CredentialUnavailable(
+                    f"service-account token file {self.path} cannot be read: {exc.strerror}"
+                ) from None
         if token.expires_at is not None and token.expires_at <= self._clock():
             raise CredentialUnavailable(
                 f"service-account token in {self.path} expired at {token.expires_at:.0f}"
             )
         return token
 
-    def _load(self) -> ServiceAccountToken:
-        """The token as the file holds it now; `_Rotating` when it is not there."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise _Rotating from None
-        except OSError as exc:
-            raise CredentialUnavailable(
-                f"service-account token file {self.path} cannot be read: {exc.strerror}"
-            ) from None
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            if identity != self._identity or self._token is None:
-                self._token = self._read()
-                self._identity = identity
-            return self._token
-
     def __call__(self) -> str:
         """The assertion itself, as MSAL's `client_assertion` callable wants it."""
         return self.current().value
 
-    def _read(self) -> ServiceAccountToken:
+    def _parse(self, content: bytes) -> ServiceAccountToken:
         try:
-            with open(self.path, encoding="ascii") as fh:
-                value = fh.read().strip()
-        except FileNotFoundError:
-            raise _Rotating from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not ASCII text"
+            value = content.decode("ascii").strip()
+        except UnicodeDecodeError:
             raise CredentialUnavailable(
-                f"service-account token file {self.path} cannot be read: {reason}"
+                f"service-account token file {self.path} cannot be read: it is not ASCII text"
             ) from None
         if not value:
             raise CredentialUnavailable(f"service-account token file {self.path} is empty")
@@ -113,17 +88,23 @@ class AssertionSource:
         )
 
 
-def _claims(jwt: str, path: str) -> dict[str, object]:
-    """The payload, read without verifying (Entra verifies; we only avoid sending junk)."""
-    parts = jwt.split(".")
+def _claims(token: str, path: str) -> dict[str, object]:
+    """The payload, read without verifying (Entra verifies; we only avoid sending junk).
+
+    The signature segment is left out: it is Entra's to judge, and a corrupt one sent on
+    comes back named (AADSTS50027) with its fix, where PyJWT would only call it malformed.
+    PyJWT's message may quote the token: only the path is said.
+    """
+    parts = token.split(".")
     if len(parts) != 3:
         raise CredentialUnavailable(f"service-account token in {path} is not a JWT")
     try:
-        payload = parts[1] + "=" * (-len(parts[1]) % 4)
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
+        claims: dict[str, object] = jwt.decode(
+            f"{parts[0]}.{parts[1]}.", options={"verify_signature": False}
+        )
+    except jwt.PyJWTError:
         raise CredentialUnavailable(f"service-account token in {path} is not a JWT") from None
-    return claims if isinstance(claims, dict) else {}
+    return claims
 
 
 def _federation_claims(claims: dict[str, object]) -> AssertionClaims:

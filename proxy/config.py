@@ -8,63 +8,40 @@ the process at start with one line naming the setting (`ConfigError`), never lat
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 from proxy import __version__, cliparse
+from proxy.identity_ids import (
+    IdentitySpec,
+    IdentitySpecError,
+    is_client_id,
+    is_tenant_id,
+    parse_specs,
+)
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com/"
+DEFAULT_HOST = "127.0.0.1"
+"""Pod-local: only the pod's own containers reach the token port."""
 DEFAULT_IMDS_UPSTREAM = "http://169.254.169.254"
 DEFAULT_PROXY_PORT = 8000
 """Upstream's default `proxy-sidecar-port`."""
 DEFAULT_METRICS_PORT = 14637
 """Off the ports apps use (8080, 9090, 9100...); why this one: README, "Ports"."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-_TENANT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-
+DEFAULT_LOG_LEVEL = "info"
 
 IDENTITY_SOURCE_ENV = "IMDS_PROXY_IDENTITY_SOURCE"
 """Set by `imds-proxy webhook`: where the pod's client id came from, for the report."""
 IDENTITIES_ENV = "IMDS_PROXY_IDENTITIES"
 """Identity mappings from the environment: `--identity` specs separated by `;` or spaces."""
-_RESOURCE_ID_PREFIX = "/subscriptions/"
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names it and says what is wrong."""
-
-
-def is_client_id(value: str) -> bool:
-    """Entra application (client) ids are GUIDs."""
-    return bool(_GUID.match(value))
-
-
-def is_tenant_id(value: str) -> bool:
-    """A tenant GUID or domain name, as the proxy accepts in AZURE_TENANT_ID."""
-    return bool(_TENANT.match(value))
-
-
-is_object_id = is_client_id
-"""Object ids are GUIDs too."""
-
-
-def is_resource_id(value: str) -> bool:
-    """The shape of an Azure resource id, as far as an identity selector needs it."""
-    return value[: len(_RESOURCE_ID_PREFIX)].lower() == _RESOURCE_ID_PREFIX and value.isprintable()
-
-
-@dataclass(frozen=True, slots=True)
-class IdentitySpec:
-    """An identity of the pod by client id, with the ids its tokens may not reveal."""
-
-    client_id: str
-    object_id: str | None = None
-    resource_id: str | None = None
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
@@ -79,13 +56,13 @@ class Settings:
     client_id: str | None = None
     authority_host: str = DEFAULT_AUTHORITY_HOST
     ca_bundle: str | None = None
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = DEFAULT_PROXY_PORT
     imds_upstream: str | None = DEFAULT_IMDS_UPSTREAM
     """Where allowlisted, non-identity metadata requests go; None: not forwarded."""
     metrics_host: str = "0.0.0.0"
     metrics_port: int = DEFAULT_METRICS_PORT
-    log_level: str = "info"
+    log_level: str = DEFAULT_LOG_LEVEL
     log_format: str = "json"
     shutdown_grace: float = 25.0
     """Under the pod's default 30 s terminationGracePeriodSeconds: exit before SIGKILL."""
@@ -111,8 +88,11 @@ class Settings:
     """Where the webhook found the client id (env IMDS_PROXY_IDENTITY_SOURCE); reported."""
 
 
-_DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
-"""The flags' defaults are the settings' defaults: one place to change them."""
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+)
+"""Every setting's default by field name: the flags' defaults are the settings' own, so
+other commands read them here (or from the DEFAULT_* constants), never from the parser."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,20 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--proxy-port",
         type=int,
-        default=_DEFAULT["port"],
+        default=DEFAULTS["port"],
         help="port for IMDS requests (default %(default)s)",
     )
-    add("--host", default=_DEFAULT["host"], help="address to bind (default %(default)s: pod-local)")
+    add("--host", default=DEFAULTS["host"], help="address to bind (default %(default)s: pod-local)")
     add(
         "--log-level",
-        default=_DEFAULT["log_level"],
+        default=DEFAULTS["log_level"],
         type=_log_level,
         help="debug, info, warning, error",
     )
-    add("--log-format", default=_DEFAULT["log_format"], choices=("json", "console"))
+    add("--log-format", default=DEFAULTS["log_format"], choices=("json", "console"))
     add(
         "--imds-upstream",
-        default=_DEFAULT["imds_upstream"],
+        default=DEFAULTS["imds_upstream"],
         help="where non-identity metadata requests (/metadata/instance, attested, "
         "loadbalancer, scheduledevents, versions) go; 'none' answers them with 404 "
         "(default %(default)s)",
@@ -149,43 +129,43 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--metrics-port",
         type=int,
-        default=_DEFAULT["metrics_port"],
+        default=DEFAULTS["metrics_port"],
         help="Prometheus port (default %(default)s); 0 turns it off",
     )
     add(
         "--metrics-host",
-        default=_DEFAULT["metrics_host"],
+        default=DEFAULTS["metrics_host"],
         help="metrics address (default %(default)s)",
     )
     add(
         "--shutdown-grace",
         type=float,
-        default=_DEFAULT["shutdown_grace"],
+        default=DEFAULTS["shutdown_grace"],
         help="on SIGTERM: seconds at most before exiting (drain, then in-flight requests)",
     )
     add(
         "--drain-idle",
         type=float,
-        default=_DEFAULT["drain_idle"],
+        default=DEFAULTS["drain_idle"],
         help="on SIGTERM: keep serving until no request came for this many seconds",
     )
     add(
         "--event-loop",
-        default=_DEFAULT["event_loop"],
+        default=DEFAULTS["event_loop"],
         choices=EVENT_LOOPS,
         help="auto: uvloop when installed, else asyncio's loop (default %(default)s)",
     )
     add(
         "--entra-timeout",
         type=float,
-        default=_DEFAULT["entra_timeout"],
+        default=DEFAULTS["entra_timeout"],
         help="deadline in seconds for a whole exchange with Entra ID (connect, TLS, "
         "every read); a caller still waiting then gets 503 with Retry-After",
     )
     add(
         "--new-resource-rate",
         type=float,
-        default=_DEFAULT["new_resource_rate"],
+        default=DEFAULTS["new_resource_rate"],
         help="exchanges per second for tokens not held yet, after a burst of "
         "--new-resource-burst; more callers get 429 with Retry-After (refreshes are never "
         "limited) (default %(default)s)",
@@ -193,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--new-resource-burst",
         type=int,
-        default=_DEFAULT["new_resource_burst"],
+        default=DEFAULTS["new_resource_burst"],
         help="exchanges for tokens not held yet allowed at once (default %(default)s)",
     )
     add(
@@ -205,19 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--cache-max-entries",
         type=int,
-        default=_DEFAULT["cache_max_entries"],
+        default=DEFAULTS["cache_max_entries"],
         help="tokens kept at most (LRU)",
     )
     add(
         "--rejected-ttl",
         type=float,
-        default=_DEFAULT["rejected_ttl"],
+        default=DEFAULTS["rejected_ttl"],
         help="seconds an Entra 4xx is answered from memory",
     )
     add(
         "--propagation-window",
         type=float,
-        default=_DEFAULT["propagation_window"],
+        default=DEFAULTS["propagation_window"],
         help="seconds after an identity's first exchange during which 'no matching federated "
         "credential' is answered 503 and retried (a new credential propagating)",
     )
@@ -330,46 +310,13 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
 
 
 def _identities(flags: Sequence[str], env_value: str) -> tuple[IdentitySpec, ...]:
-    """`--identity` flags, then the environment's specs; no id may name two identities."""
+    """`--identity` flags, then the environment's specs."""
     given = [("--identity", spec) for spec in flags]
     given += [(IDENTITIES_ENV, spec) for spec in env_value.replace(";", " ").split()]
-    specs: list[IdentitySpec] = []
-    owners: dict[str, str] = {}
-    for source, text in given:
-        spec = _identity_spec(source, text)
-        if any(s.client_id.lower() == spec.client_id.lower() for s in specs):
-            raise ConfigError(f"{source}: {spec.client_id} is given twice; give it once")
-        for value in (spec.object_id, spec.resource_id):
-            if value is not None and owners.setdefault(value.lower(), spec.client_id) != (
-                spec.client_id
-            ):
-                raise ConfigError(f"{source}: {value} is given for more than one identity")
-        specs.append(spec)
-    return tuple(specs)
-
-
-def _identity_spec(source: str, text: str) -> IdentitySpec:
-    client_id, *pairs = [part.strip() for part in text.strip().split(",")]
-    if not is_client_id(client_id):
-        raise ConfigError(
-            f"{source}: {client_id!r} must start with a client id (a GUID), "
-            "as in CLIENT_ID,object_id=OID,resource_id=RID"
-        )
-    found: dict[str, str] = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        name, value = name.strip(), value.strip()
-        if name not in ("object_id", "resource_id") or not value or name in found:
-            raise ConfigError(
-                f"{source}: {pair!r} is not object_id=GUID or resource_id=/subscriptions/... "
-                "(each at most once)"
-            )
-        if name == "object_id" and not is_object_id(value):
-            raise ConfigError(f"{source}: object_id {value!r} must be a GUID")
-        if name == "resource_id" and not is_resource_id(value):
-            raise ConfigError(f"{source}: resource_id {value!r} must start with /subscriptions/")
-        found[name] = value
-    return IdentitySpec(client_id, found.get("object_id"), found.get("resource_id"))
+    try:
+        return parse_specs(given)
+    except IdentitySpecError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _log_level(value: str) -> str:

@@ -5,8 +5,9 @@ given, never the raw one. SDK probes give up after 0.5-3 s and need *some* HTTP 
 the upstream gets 1 s to accept and 2.5 s to answer; after a failure it is remembered as
 down for a few seconds and answered from that memory at once, then tried again.
 
-The proxy's own connections leave as uid 1501, which the init program exempts from the
-redirect, so they reach the real 169.254.169.254 rather than looping back here.
+The proxy's own connections leave as its uid (`proxy.wellknown.PROXY_UID`), which the
+init program exempts from the redirect, so they reach the real 169.254.169.254 rather than
+looping back here.
 """
 
 from __future__ import annotations

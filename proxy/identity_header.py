@@ -11,11 +11,11 @@ restart. The value is compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
-import os
 import time
 from collections.abc import Callable
 
 from proxy.logs import get_logger, redact_secret
+from proxy.watchedfile import WatchedFile
 
 log = get_logger("proxy.identity_header")
 RECHECK_SECONDS = 1.0
@@ -31,12 +31,14 @@ class IdentityHeaderSecret:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
-        self._clock = clock
-        self._expected: bytes | None = None if path else _encoded(value)
-        self._stamp: tuple[int, int, int] | None = None
-        self._checked_at = -RECHECK_SECONDS
-        if path:
-            self._reload()
+        self._expected = None if path else _encoded(value)
+        self._file = (
+            WatchedFile(path, self._parse, min_interval=RECHECK_SECONDS, clock=clock)
+            if path
+            else None
+        )
+        self._unreadable = False
+        self._current()  # read (and log) the file at start
 
     @property
     def configured(self) -> bool:
@@ -50,32 +52,27 @@ class IdentityHeaderSecret:
         return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected)
 
     def _current(self) -> bytes | None:
-        if self.path is not None and self._clock() - self._checked_at >= RECHECK_SECONDS:
-            self._reload()
-        return self._expected
-
-    def _reload(self) -> None:
-        assert self.path is not None
-        self._checked_at = self._clock()
+        if self._file is None:
+            return self._expected
         try:
-            stat = os.stat(self.path)  # follows kubelet's ..data symlink swap
-            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-            if stamp == self._stamp:
-                return
-            with open(self.path, encoding="utf-8", errors="surrogateescape") as handle:
-                value = handle.read()
+            expected = self._file.current()
         except OSError as exc:
-            if self._stamp != (0, 0, 0):
+            if not self._unreadable:
                 log.warning(
                     "identity header file unreadable; the App Service endpoint refuses "
                     "every request until it is back",
                     path=self.path,
                     reason=exc.strerror,
                 )
-            self._stamp, self._expected = (0, 0, 0), None
-            return
-        self._stamp, self._expected = stamp, _encoded(value)
-        log.info("identity header file read", path=self.path, empty=self._expected is None)
+            self._unreadable = True
+            return None
+        self._unreadable = False
+        return expected
+
+    def _parse(self, content: bytes) -> bytes | None:
+        expected = _encoded(content.decode("utf-8", "surrogateescape"))
+        log.info("identity header file read", path=self.path, empty=expected is None)
+        return expected
 
 
 def _encoded(value: str | None) -> bytes | None:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from proxy.config import is_client_id, is_object_id, is_resource_id
+from proxy.identity_ids import is_client_id, is_object_id, is_resource_id
 from proxy.paths import TOKEN_PATH as TOKEN_PATH  # re-exported: part of the protocol
 from proxy.tokens.errors import (
     CredentialUnavailable,

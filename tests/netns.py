@@ -36,12 +36,12 @@ from typing import Any
 
 import pytest
 
+from proxy.wellknown import PROXY_UID as PROXY_UID  # re-exported to the netns tests
 from tests.other_users import cwd_for, python_for
 
 METADATA_IP = "169.254.169.254"
 POD_VETH_ADDR = "169.254.100.1"
 IMDS_VETH_ADDR = "169.254.100.2"
-PROXY_UID = 1501
 PROXY_PORT = 8000
 OTHER_METADATA_PORT = 8080
 

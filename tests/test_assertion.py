@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import pytest
 
-from proxy import assertion
+from proxy import watchedfile
 from proxy.assertion import AssertionSource
 from proxy.devissuer.satoken import write_projected_token
 from proxy.tokens.errors import CredentialUnavailable
@@ -38,7 +38,7 @@ def make_jwt(exp: float | None = T0 + 3600, sub: str = "system:serviceaccount:ns
 
 
 class OpenCounter:
-    """Counts the opens of one path by `proxy.assertion` (shadows the builtin there only)."""
+    """Counts the opens of one path by `proxy.watchedfile` (shadows the builtin there only)."""
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
@@ -64,7 +64,7 @@ def token_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def opens(monkeypatch: pytest.MonkeyPatch, token_path: Path) -> OpenCounter:
     counter = OpenCounter(token_path)
-    monkeypatch.setattr(assertion, "open", counter, raising=False)
+    monkeypatch.setattr(watchedfile, "open", counter, raising=False)
     return counter
 
 
@@ -185,6 +185,13 @@ def test_a_replaced_file_is_read_again(
     assert source() == second
     assert source() == second
     assert opens.count == 2
+
+
+def test_a_corrupt_signature_is_left_for_entra_to_name(token_path: Path, clock: FakeClock) -> None:
+    header, payload, _ = make_jwt().split(".")
+    forged = f"{header}.{payload}.{b64(b'signature')[::-1]}-"  # not even base64
+    token_path.write_text(forged)
+    assert AssertionSource(str(token_path), clock)() == forged
 
 
 def test_call_returns_the_assertion(token_path: Path, clock: FakeClock) -> None:

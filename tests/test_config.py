@@ -13,10 +13,10 @@ from proxy.config import (
     DEFAULT_AUTHORITY_HOST,
     IDENTITIES_ENV,
     ConfigError,
-    IdentitySpec,
     Settings,
     parse,
 )
+from proxy.identity_ids import IdentitySpec
 
 REPO = Path(__file__).resolve().parent.parent
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"

@@ -7,7 +7,6 @@ A minimal TLS server stands in for Entra ID here; MSAL talks to it for real.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import ssl
@@ -29,6 +28,7 @@ from proxy.tokens.errors import (
     FederationRejected,
 )
 from proxy.tokens.model import TokenKey
+from tests.jwt_claims import unsigned
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 KEY = TokenKey(TENANT, "11111111-2222-3333-4444-555555555555", "https://vault.azure.net/.default")
@@ -79,9 +79,8 @@ async def endpoint(tmp_path: Path) -> AsyncIterator[Endpoint]:
 
 
 def exchange_for(endpoint: Endpoint, tmp_path: Path) -> EntraExchange:
-    claims = base64.urlsafe_b64encode(json.dumps({"exp": time.time() + 3600}).encode())
     token_file = tmp_path / "token"
-    token_file.write_text("eyJhbGciOiJub25lIn0." + claims.decode().rstrip("=") + ".sig")
+    token_file.write_text(unsigned({"exp": time.time() + 3600}))
     return EntraExchange(
         endpoint.authority_host,
         AssertionSource(str(token_file)),
@@ -190,8 +189,7 @@ async def test_the_deadline_covers_the_whole_exchange_however_slowly_the_peer_tr
     tls = generate_tls_files(tmp_path / "pki")
     server = await asyncio.start_server(trickle, "127.0.0.1", 0, ssl=tls.server_context())
     port = server.sockets[0].getsockname()[1]
-    claims = base64.urlsafe_b64encode(json.dumps({"exp": time.time() + 3600}).encode())
-    (tmp_path / "token").write_text("eyJhbGciOiJub25lIn0." + claims.decode().rstrip("=") + ".s")
+    (tmp_path / "token").write_text(unsigned({"exp": time.time() + 3600}))
     exchange = EntraExchange(
         f"https://127.0.0.1:{port}",
         AssertionSource(str(tmp_path / "token")),
@@ -239,8 +237,8 @@ async def test_a_federation_code_is_explained_with_the_tokens_claims(
         "sub": "system:serviceaccount:shop:orders",
         "aud": ["api://AzureADTokenExchange"],
     }
-    encoded = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
-    (tmp_path / "token").write_text("eyJhbGciOiJub25lIn0." + encoded + ".sig")
+    assertion = unsigned(payload)
+    (tmp_path / "token").write_text(assertion)
     exchange = EntraExchange(
         endpoint.authority_host,
         AssertionSource(str(tmp_path / "token")),
@@ -262,7 +260,7 @@ async def test_a_federation_code_is_explained_with_the_tokens_claims(
         failure.description
     )
     assert "aud=api://AzureADTokenExchange" in failure.description
-    assert encoded not in failure.description
+    assert assertion.split(".")[1] not in failure.description
 
 
 async def test_an_unknown_code_passes_through_as_entra_wrote_it(

@@ -17,13 +17,14 @@ from proxy.tokens import federation
 from proxy.tokens.cache import CachePolicy, TokenCache
 from proxy.tokens.errors import FederationPending, FederationRejected, TokenError
 from proxy.tokens.model import TokenKey
+from proxy.wellknown import TOKEN_EXCHANGE_AUDIENCE
 from tests.clock import FakeClock
 from tests.test_cache import CLIENT, KEY, OTHER, TENANT, FakeExchange, RecordingLog
 
 CLAIMS = federation.AssertionClaims(
     iss="https://oidc.prod-aks.azure.com/abc/",
     sub="system:serviceaccount:shop:orders",
-    aud=federation.AUDIENCE,
+    aud=TOKEN_EXCHANGE_AUDIENCE,
 )
 WINDOW = 300.0
 CODE_OF = {cause.name: sorted(cause.codes)[0] for cause in federation.CAUSES}

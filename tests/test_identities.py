@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import pytest
 
-from proxy.config import IdentitySpec
 from proxy.identities import MAX_LEARNED, IdentityDirectory, identity_claims
+from proxy.identity_ids import IdentitySpec
 from proxy.imds import IdentityQuery, ImdsError, Selector
 from proxy.tokens.errors import EntraRejected, EntraThrottled, EntraUnavailable, TokenError
 from proxy.tokens.model import AccessToken, TokenKey
+from tests.jwt_claims import unsigned
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 DEFAULT = "11111111-2222-3333-4444-555555555555"
@@ -31,16 +31,9 @@ def resource_id(client_id: str) -> str:
     return MIRID + "id-" + client_id[:8]
 
 
-def jwt_with(claims: dict[str, Any]) -> str:
-    def part(data: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
-
-
 def token_for(client_id: str, **claims: Any) -> AccessToken:
     claims = {"oid": object_id(client_id), "xms_mirid": resource_id(client_id), **claims}
-    return AccessToken(jwt_with(claims), "Bearer", 2e9, 2e9, 1e9, 1e9)
+    return AccessToken(unsigned(claims), "Bearer", 2e9, 2e9, 1e9, 1e9)
 
 
 class FakeEntra:
@@ -186,8 +179,8 @@ def test_learning_is_bounded_beyond_the_configured_identities() -> None:
         "not-a-jwt",
         "a.b",
         "a.!!!.c",
-        jwt_with({"oid": 5, "xms_mirid": ["x"]}),
-        jwt_with({"oid": "not-a-guid", "xms_mirid": "rg/x"}),
+        unsigned({"oid": 5, "xms_mirid": ["x"]}),
+        unsigned({"oid": "not-a-guid", "xms_mirid": "rg/x"}),
         "e30." + base64.urlsafe_b64encode(b"[1, 2]").decode() + ".x",
     ],
 )

@@ -20,6 +20,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from init.settings import DEFAULT_PROXY_UID
+from proxy.wellknown import PROXY_UID, TOKEN_EXCHANGE_AUDIENCE
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "deploy" / "examples"
 
@@ -27,7 +30,6 @@ EXAMPLES = ROOT / "deploy" / "examples"
 # and generally available from 1.33.
 K8S_VERSION = "1.33.0"
 
-PROXY_UID = 1501
 PROXY_PORT = "8000"
 IDENTITY_ENV = (
     "AZURE_CLIENT_ID",
@@ -36,7 +38,6 @@ IDENTITY_ENV = (
     "AZURE_AUTHORITY_HOST",
 )
 PROBE_COMMAND = ["/proxy", "--probe", f"--proxy-port={PROXY_PORT}"]
-TOKEN_AUDIENCE = "api://AzureADTokenExchange"
 GUID = re.compile(r"^[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}$")
 
 Obj = dict[str, Any]
@@ -158,6 +159,11 @@ def test_mutated_pod_matches_the_annotated_one(name: str) -> None:
     assert app["image"] == original["spec"]["containers"][0]["image"]
 
 
+def test_the_init_program_exempts_the_proxys_uid_by_default() -> None:
+    # The init image does not ship the proxy package: its default is a copy, kept equal here.
+    assert DEFAULT_PROXY_UID == PROXY_UID
+
+
 @pytest.mark.parametrize("name", MUTATED)
 def test_init_container_contract(name: str) -> None:
     pod, init, _ = _proxy_and_init(name)
@@ -230,7 +236,7 @@ def test_identity_env_and_token_volume(name: str) -> None:
         sources = volumes[mounts[0]["name"]]["projected"]["sources"]
         token = sources[0]["serviceAccountToken"]
         assert token["path"] == token_name
-        assert token["audience"] == TOKEN_AUDIENCE
+        assert token["audience"] == TOKEN_EXCHANGE_AUDIENCE
 
 
 def _dockerfile_final_stage(name: str) -> list[str]:

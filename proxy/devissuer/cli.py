@@ -23,6 +23,7 @@ from proxy.devissuer.server import (
 )
 from proxy.devissuer.state import DEFAULT_TOKEN_LIFETIME, FederatedCredential
 from proxy.devissuer.trust import TrustError, parse_credential
+from proxy.wellknown import TOKEN_EXCHANGE_AUDIENCE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_credential,
         metavar="issuer=URL,subject=SUB[,audience=AUD]",
         help="a federated credential of every client id, instead of the one matching the "
-        "generated token (repeatable; audience defaults to api://AzureADTokenExchange)",
+        f"generated token (repeatable; audience defaults to {TOKEN_EXCHANGE_AUDIENCE})",
     )
     return parser
 

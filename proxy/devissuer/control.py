@@ -13,8 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.devissuer.satoken import DEFAULT_AUDIENCE, mint_service_account_token
+from proxy.devissuer.satoken import mint_service_account_token
 from proxy.devissuer.state import FederatedCredential, IssuerState
+from proxy.wellknown import TOKEN_EXCHANGE_AUDIENCE
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -146,7 +147,7 @@ def add_control_routes(app: web.Application, state: IssuerState) -> None:
             source.key,
             _optional_str(body, "issuer") or source.issuer_url,
             _optional_str(body, "subject") or source.subject,
-            _optional_str(body, "audience") or DEFAULT_AUDIENCE,
+            _optional_str(body, "audience") or TOKEN_EXCHANGE_AUDIENCE,
             source.lifetime if lifetime is None else lifetime,
             now=time.time() if issued_at is None else issued_at,
         )

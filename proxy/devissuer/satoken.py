@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.devissuer.signing import SigningKey
+from proxy.wellknown import TOKEN_EXCHANGE_AUDIENCE
 
-DEFAULT_AUDIENCE = "api://AzureADTokenExchange"
 DEFAULT_SUBJECT = "system:serviceaccount:default:workload"
 DEFAULT_FILENAME = "azure-identity-token"
 DEFAULT_LIFETIME = 3600.0
@@ -34,7 +34,7 @@ def mint_service_account_token(
     key: SigningKey,
     issuer_url: str,
     subject: str = DEFAULT_SUBJECT,
-    audience: str = DEFAULT_AUDIENCE,
+    audience: str = TOKEN_EXCHANGE_AUDIENCE,
     lifetime: float = DEFAULT_LIFETIME,
     *,
     now: float | None = None,
@@ -111,7 +111,7 @@ class ServiceAccountTokenSource:
     directory: Path
     filename: str = DEFAULT_FILENAME
     subject: str = DEFAULT_SUBJECT
-    audience: str = DEFAULT_AUDIENCE
+    audience: str = TOKEN_EXCHANGE_AUDIENCE
     lifetime: float = DEFAULT_LIFETIME
     rotations: int = 0
     next_rotation_at: float = 0.0

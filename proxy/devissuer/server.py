@@ -22,7 +22,6 @@ from aiohttp import web
 from proxy.devissuer.app import create_app
 from proxy.devissuer.pki import generate_tls_files
 from proxy.devissuer.satoken import (
-    DEFAULT_AUDIENCE,
     DEFAULT_FILENAME,
     DEFAULT_LIFETIME,
     DEFAULT_SUBJECT,
@@ -31,6 +30,7 @@ from proxy.devissuer.satoken import (
 from proxy.devissuer.signing import SigningKey
 from proxy.devissuer.state import DEFAULT_TOKEN_LIFETIME, FederatedCredential, IssuerState
 from proxy.devissuer.trust import JwksSource
+from proxy.wellknown import TOKEN_EXCHANGE_AUDIENCE
 
 DEFAULT_TENANT_ID = "9b6e1c1a-0d3e-4c5f-8a7b-1d2e3f4a5b6c"
 """Tenant id of the local issuer unless another is given; not a real Entra tenant."""
@@ -55,7 +55,7 @@ class LocalIssuer:
     control_url: str
     service_account_issuer: str
     service_account_subject: str
-    audience: str = DEFAULT_AUDIENCE
+    audience: str = TOKEN_EXCHANGE_AUDIENCE
     port: int = field(default=0, compare=False)
 
     def proxy_environment(self) -> dict[str, str]:

@@ -15,8 +15,9 @@ from typing import Any, Literal, cast, get_args
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.devissuer.satoken import DEFAULT_AUDIENCE, ServiceAccountTokenSource
+from proxy.devissuer.satoken import ServiceAccountTokenSource
 from proxy.devissuer.signing import SigningKey
+from proxy.wellknown import TOKEN_EXCHANGE_AUDIENCE
 
 Mode = Literal[
     "normal",
@@ -45,7 +46,7 @@ class FederatedCredential:
 
     issuer: str
     subject: str
-    audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)
+    audiences: tuple[str, ...] = (TOKEN_EXCHANGE_AUDIENCE,)
     effective_at: float = 0.0
     """Unix time from which Entra honours it: a new credential takes time to propagate."""
 
@@ -65,7 +66,7 @@ class FederatedCredential:
         if not isinstance(data, dict):
             raise ValueError("a federated credential must be an object")
         issuer, subject = data.get("issuer"), data.get("subject")
-        audiences = data.get("audiences", [DEFAULT_AUDIENCE])
+        audiences = data.get("audiences", [TOKEN_EXCHANGE_AUDIENCE])
         if not isinstance(issuer, str) or not issuer:
             raise ValueError("'issuer' must be a non-empty string")
         if not isinstance(subject, str) or not subject:

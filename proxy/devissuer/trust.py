@@ -18,8 +18,8 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.devissuer.satoken import DEFAULT_AUDIENCE
 from proxy.devissuer.state import FederatedCredential
+from proxy.wellknown import TOKEN_EXCHANGE_AUDIENCE
 
 log = logging.getLogger("proxy.devissuer.trust")
 REFRESH_SECONDS = 60.0
@@ -120,5 +120,5 @@ def parse_credential(spec: str) -> FederatedCredential:
     if not issuer or not subject:
         raise TrustError(f"{spec!r}: needs issuer= and subject=")
     return FederatedCredential(
-        issuer=issuer, subject=subject, audiences=tuple(audiences or [DEFAULT_AUDIENCE])
+        issuer=issuer, subject=subject, audiences=tuple(audiences or [TOKEN_EXCHANGE_AUDIENCE])
     )

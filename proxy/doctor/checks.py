@@ -28,8 +28,8 @@ from proxy.tokens.errors import (
     FederationRejected,
     TokenError,
 )
-from proxy.tokens.federation import AUDIENCE
 from proxy.tokens.model import AccessToken, TokenKey
+from proxy.wellknown import PROXY_UID, TOKEN_EXCHANGE_AUDIENCE
 
 HTTP_TIMEOUT = 10.0
 STATUS_TIMEOUT = 3.0
@@ -54,7 +54,7 @@ class Check:
 def check_settings(environ: Mapping[str, str]) -> tuple[Check, config.Settings | None]:
     name = "settings"
     try:
-        settings = config.load(config.build_parser().parse_args([]), environ)
+        settings = config.parse((), environ)
     except config.ConfigError as exc:
         return Check(name, False, str(exc), _settings_fix(str(exc))), None
     if settings.client_id is None:
@@ -101,14 +101,15 @@ def check_service_account(
     claims = token.claims
     rotated = _rotated(path, clock())
     where = f"iss {claims.iss}, sub {claims.sub}, aud {claims.aud}"
-    if AUDIENCE not in claims.aud.split():
+    if TOKEN_EXCHANGE_AUDIENCE not in claims.aud.split():
         return (
             Check(
                 name,
                 False,
-                f"aud is {claims.aud}, not {AUDIENCE} ({where})",
-                f"project the token with audience {AUDIENCE} (serviceAccountToken.audience "
-                f"in the pod's volume, as the webhook writes it); {_WEBHOOK}",
+                f"aud is {claims.aud}, not {TOKEN_EXCHANGE_AUDIENCE} ({where})",
+                f"project the token with audience {TOKEN_EXCHANGE_AUDIENCE} "
+                "(serviceAccountToken.audience in the pod's volume, as the webhook writes it); "
+                f"{_WEBHOOK}",
             ),
             None,
         )
@@ -128,7 +129,8 @@ def _token_fix(reason: str) -> str:
         )
     return (
         "AZURE_FEDERATED_TOKEN_FILE must be the projected service-account token "
-        "(normally /var/run/secrets/azure/tokens/azure-identity-token), readable by uid 1501"
+        "(normally /var/run/secrets/azure/tokens/azure-identity-token), readable by uid "
+        f"{PROXY_UID}"
     )
 
 

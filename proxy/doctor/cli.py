@@ -27,7 +27,6 @@ _MARK = {True: "✔", False: "✘", None: "-"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = config.build_parser().parse_args([])
     parser = cliparse.Parser(
         prog="imds-proxy doctor",
         description="Check the pod's Workload ID setup, in order, and print how to fix it.",
@@ -39,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--proxy-port",
         type=int,
-        default=defaults.proxy_port,
+        default=config.DEFAULT_PROXY_PORT,
         help="the running proxy's token port, where GET /status answers (%(default)s)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="its address (%(default)s)")
+    parser.add_argument("--host", default=config.DEFAULT_HOST, help="its address (%(default)s)")
     return parser
 
 

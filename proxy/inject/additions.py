@@ -19,6 +19,7 @@ from typing import Any
 
 from proxy import __version__, config
 from proxy.inject.ledger import Ledger, resolve
+from proxy.wellknown import PROXY_UID, TOKEN_EXCHANGE_AUDIENCE
 
 PROXY = "azwi-proxy"
 PROXY_INIT = "azwi-proxy-init"
@@ -26,13 +27,12 @@ PROXY_NAMES = (PROXY, PROXY_INIT)
 """Upstream's names too: a pod has one proxy, whichever webhook or tool added it."""
 TOKEN_VOLUME = "azure-identity-token"
 TOKEN_DIR = "/var/run/secrets/azure/tokens"
-TOKEN_AUDIENCE = "api://AzureADTokenExchange"
 TOKEN_SECONDS = 3600
 TOKEN_SECONDS_RANGE = (3600, 86400)
 """What the Workload ID webhook accepts for `service-account-token-expiration`."""
-PROXY_UID = 1501
 USE_LABEL = "azure.workload.identity/use"
 MODES = ("redirect", "endpoint", "both")
+DEFAULT_MODE = "redirect"
 IDENTITY_ONLY = "identity"
 """The ledger's mode when only the identity was added (the webhook, without a proxy)."""
 DEFAULT_IMAGE = f"registry.example/imds-proxy:{__version__}"
@@ -67,13 +67,13 @@ class Identity:
 class Sidecar:
     """This project's part: the proxy, and the init container that redirects IMDS to it."""
 
-    mode: str = "redirect"
+    mode: str = DEFAULT_MODE
     classic: bool = False
     image: str = DEFAULT_IMAGE
     init_image: str = DEFAULT_INIT_IMAGE
     proxy_port: int = config.DEFAULT_PROXY_PORT
     metrics_port: int = config.DEFAULT_METRICS_PORT
-    log_level: str = "info"
+    log_level: str = config.DEFAULT_LOG_LEVEL
     proxy_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     """More variables for the proxy alone (the webhook's carried-over identity selectors)."""
 
@@ -185,7 +185,7 @@ def _token_mount() -> dict[str, Any]:
 def _token_volume(identity: Identity) -> dict[str, Any]:
     token = {
         "path": TOKEN_VOLUME,
-        "audience": TOKEN_AUDIENCE,
+        "audience": TOKEN_EXCHANGE_AUDIENCE,
         "expirationSeconds": identity.token_seconds,
     }
     return {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from proxy import cliparse, config
+from proxy.identity_ids import is_client_id
 from proxy.inject import additions, ledger, locate, takeback, yamlio
 
-_DEFAULTS = additions.Sidecar()
-_AUTHORITY = additions.Identity(None, None).authority_host
 _BATCH = ("Job", "CronJob")
 
 
@@ -32,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--mode",
         choices=additions.MODES,
-        default=_DEFAULTS.mode,
+        default=additions.DEFAULT_MODE,
         help="redirect: init container sends IMDS traffic to the proxy (default); endpoint: "
         "App Service variables on the app containers, no privileged init container; both",
     )
@@ -40,19 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--uninject", action="store_true", help="remove what inject added, and only that")
     add("--client-id", help="AZURE_CLIENT_ID; without it and --tenant-id the webhook adds it")
     add("--tenant-id", help="AZURE_TENANT_ID")
-    add("--authority-host", default=_AUTHORITY, help="AZURE_AUTHORITY_HOST")
-    add("--image", default=_DEFAULTS.image, help="proxy image (default %(default)s)")
-    add("--init-image", default=_DEFAULTS.init_image, help="init image (default %(default)s)")
-    add("--proxy-port", type=int, default=_DEFAULTS.proxy_port, help="default %(default)s")
-    add("--metrics-port", type=int, default=_DEFAULTS.metrics_port, help="0: none")
-    add("--log-level", default=_DEFAULTS.log_level, help="the proxy's --log-level")
+    add("--authority-host", default=config.DEFAULT_AUTHORITY_HOST, help="AZURE_AUTHORITY_HOST")
+    add("--image", default=additions.DEFAULT_IMAGE, help="proxy image (default %(default)s)")
+    add("--init-image", default=additions.DEFAULT_INIT_IMAGE, help="init image: %(default)s")
+    add("--proxy-port", type=int, default=config.DEFAULT_PROXY_PORT, help="default %(default)s")
+    add("--metrics-port", type=int, default=config.DEFAULT_METRICS_PORT, help="0: none")
+    add("--log-level", default=config.DEFAULT_LOG_LEVEL, help="the proxy's --log-level")
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    if args.client_id and not config.is_client_id(args.client_id):
+    if args.client_id and not is_client_id(args.client_id):
         parser.error(f"--client-id must be an application (client) id, a GUID: {args.client_id!r}")
     if bool(args.client_id) != bool(args.tenant_id):
         print(

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imds-proxy report",
         description="Which SDKs still ask this sidecar for tokens, and whether it can be removed.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="the proxy's address")
+    parser.add_argument("--host", default=config.DEFAULT_HOST, help="the proxy's address")
     parser.add_argument(
         "--proxy-port",
         type=int,

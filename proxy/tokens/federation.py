@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-AUDIENCE = "api://AzureADTokenExchange"
-"""The audience Entra expects on a Workload ID assertion."""
+from proxy.wellknown import TOKEN_EXCHANGE_AUDIENCE
 
 _CREATE_CREDENTIAL = (
     "az identity federated-credential create --name <name> --identity-name <identity> "
-    "--resource-group <group> --issuer {iss} --subject {sub} --audience " + AUDIENCE
+    "--resource-group <group> --issuer {iss} --subject {sub} --audience " + TOKEN_EXCHANGE_AUDIENCE
 )
 _READ_ISSUER = (
     "az aks show --name <cluster> --resource-group <group> "

@@ -10,7 +10,6 @@ its key (a mismatched pair for a moment) keeps the old pair in use until both ar
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from collections.abc import Callable
 import structlog
 from cryptography import x509
 
+from proxy import watchedfile
 from proxy.webhook.metrics import WebhookMetrics
 
 log = structlog.get_logger("proxy.webhook.certs")
@@ -64,14 +64,14 @@ class ReloadingCertificate:
         self.metrics.cert_not_after.set(not_after)
         return context
 
-    def _files_stamp(self) -> tuple[tuple[int, int, int, int], ...]:
-        stamps = []
+    def _files_stamp(self) -> tuple[watchedfile.Stamp | None, ...]:
+        """Both files' identities (None: not there now), so either one's swap is seen."""
+        stamps: list[watchedfile.Stamp | None] = []
         for path in (self.cert_file, self.key_file):
             try:
-                st = os.stat(path)
-                stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+                stamps.append(watchedfile.stamp(path))
             except OSError:
-                stamps.append((0, 0, 0, 0))
+                stamps.append(None)
         return tuple(stamps)
 
     def check(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import jsonpatch
 
 from proxy import config
+from proxy.identity_ids import IdentitySpec, is_client_id, is_tenant_id
 from proxy.inject import additions, ledger
 from proxy.webhook import asks, podidentity, review
 from proxy.webhook.kube import Api, ApiError
@@ -190,9 +191,9 @@ class Mutator:
                     f"no tenant id for the proxy: annotate {sa_ref} with {asks.TENANT_ID} "
                     "or start the webhook with --tenant-id"
                 )
-            if not config.is_tenant_id(tenant):
+            if not is_tenant_id(tenant):
                 raise asks.PodError(f"tenant id {tenant!r} is not a tenant GUID or domain name")
-            if client_id is not None and not config.is_client_id(client_id):
+            if client_id is not None and not is_client_id(client_id):
                 raise asks.PodError(f"client id {client_id!r} of {sa_ref} is not a GUID")
         case.resource_id = resource_id
         return additions.Identity(
@@ -213,8 +214,8 @@ class Mutator:
         extra: tuple[tuple[str, str], ...] = ((config.IDENTITY_SOURCE_ENV, described),)
         if case.resource_id and identity.client_id:
             # Callers that select the identity by mi_res_id, as they did under pod identity.
-            spec = f"{identity.client_id},resource_id={case.resource_id}"
-            extra += ((config.IDENTITIES_ENV, spec),)
+            spec = IdentitySpec(identity.client_id, resource_id=case.resource_id)
+            extra += ((config.IDENTITIES_ENV, str(spec)),)
         s = self.settings
         sidecar = additions.Sidecar(
             mode=asks.mode(pod),

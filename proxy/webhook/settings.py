@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from proxy import cliparse, config
+from proxy.identity_ids import is_tenant_id
 from proxy.inject import additions
 from proxy.webhook import podidentity
 
@@ -40,7 +41,7 @@ class Settings:
     authority_host: str = config.DEFAULT_AUTHORITY_HOST
     proxy_image: str = additions.DEFAULT_IMAGE
     proxy_init_image: str = additions.DEFAULT_INIT_IMAGE
-    proxy_log_level: str = "info"
+    proxy_log_level: str = config.DEFAULT_LOG_LEVEL
     proxy_metrics_port: int = config.DEFAULT_METRICS_PORT
     sidecar: str = "auto"
     on_error: str = "deny"
@@ -129,7 +130,7 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     if not 0 < args.api_timeout <= 25:
         raise SettingsError("--api-timeout: must be more than 0 and at most 25 seconds")
     tenant = (args.tenant_id or environ.get("AZURE_TENANT_ID", "")).strip() or None
-    if tenant is not None and not config.is_tenant_id(tenant):
+    if tenant is not None and not is_tenant_id(tenant):
         raise SettingsError("--tenant-id: must be a tenant GUID or domain name")
     authority = (args.authority_host or environ.get("AZURE_AUTHORITY_HOST", "")).strip()
     authority = authority or _D.authority_host
