@@ -28,16 +28,14 @@ from proxy.imds import (
     FORWARDED,
     JSON,
     TOKEN_PATH,
-    IdentityQuery,
     ImdsError,
     TokenAnswer,
-    TokenRequest,
     error_for,
     header_error,
     parse_token_query,
-    scope_for,
 )
 from proxy.paths import Route, route_for
+from proxy.query import IdentityQuery, TokenRequest, scope_for
 from proxy.requestlog import RequestLog, json_field
 from proxy.status import inspection_pages
 from proxy.tokens.cache import TokenCache

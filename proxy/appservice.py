@@ -32,15 +32,14 @@ from proxy.config import Settings
 from proxy.identity_header import IdentityHeaderSecret
 from proxy.imds import (
     JSON,
-    IdentityQuery,
     ImdsError,
-    TokenRequest,
     error_for,
     parse_wanted_token,
     selector_unresolved_here,
 )
 from proxy.logs import get_logger
 from proxy.paths import APP_SERVICE_PATH
+from proxy.query import IdentityQuery, TokenRequest
 from proxy.requestlog import json_field
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import TokenError

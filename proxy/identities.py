@@ -21,8 +21,9 @@ from typing import Any
 import structlog
 
 from proxy.config import IdentitySpec, is_object_id, is_resource_id
-from proxy.imds import IdentityQuery, ImdsError, Selector, TokenRequest, error_for
+from proxy.imds import ImdsError, error_for
 from proxy.imds import identity_not_found as not_found
+from proxy.query import IdentityQuery, Selector, TokenRequest
 from proxy.tokens.cache import Exchange
 from proxy.tokens.errors import EntraRejected, TokenError
 from proxy.tokens.model import AccessToken, TokenKey

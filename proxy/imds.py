@@ -13,10 +13,10 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from proxy.config import is_client_id, is_object_id, is_resource_id
 from proxy.paths import TOKEN_PATH as TOKEN_PATH  # re-exported: part of the protocol
+from proxy.query import IdentityQuery, Selector, TokenRequest, scope_for
 from proxy.tokens.errors import (
     CredentialUnavailable,
     EntraRejected,
@@ -28,7 +28,6 @@ from proxy.tokens.errors import (
 from proxy.tokens.model import AccessToken, TokenKey
 
 JSON = "application/json; charset=utf-8"
-_DEFAULT_SUFFIX = "/.default"
 _OLDEST_API_VERSION = "2018-02-01"
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MAX_RESOURCE_LENGTH = 2048
@@ -78,45 +77,8 @@ class ImdsError(Exception):
             self.headers["Retry-After"] = str(seconds)
 
 
-@dataclass(frozen=True, slots=True)
-class TokenRequest:
-    resource: str
-    key: TokenKey
-
-
-@dataclass(frozen=True, slots=True)
-class Selector:
-    """An identity named by its object id or its resource id instead of its client id."""
-
-    kind: str
-    """`object_id` or `resource_id`."""
-    param: str
-    """The query parameter as the caller spelled it (`msi_res_id`, `mi_res_id`...)."""
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityQuery:
-    """A valid token request whose client id is still to be found from `selector`."""
-
-    resource: str
-    tenant_id: str
-    selector: Selector
-
-    def key_for(self, client_id: str) -> TokenKey:
-        return TokenKey(self.tenant_id, client_id, scope_for(self.resource))
-
-    def resolved(self, client_id: str) -> TokenRequest:
-        return TokenRequest(self.resource, self.key_for(client_id))
-
-
 def error_body(error: str, description: str) -> bytes:
     return json.dumps({"error": error, "error_description": description}).encode()
-
-
-def scope_for(resource: str) -> str:
-    """Entra's v2 scope for an IMDS resource, as upstream forms it (trailing slash kept)."""
-    return resource if resource.endswith(_DEFAULT_SUFFIX) else resource + _DEFAULT_SUFFIX
 
 
 MISSING_METADATA = ImdsError(

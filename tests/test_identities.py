@@ -10,7 +10,8 @@ import pytest
 
 from proxy.config import IdentitySpec
 from proxy.identities import MAX_LEARNED, IdentityDirectory, identity_claims
-from proxy.imds import IdentityQuery, ImdsError, Selector
+from proxy.imds import ImdsError
+from proxy.query import IdentityQuery, Selector
 from proxy.tokens.errors import EntraRejected, EntraThrottled, EntraUnavailable, TokenError
 from proxy.tokens.model import AccessToken, TokenKey
 

@@ -10,15 +10,13 @@ from multidict import CIMultiDict
 
 from proxy import imds
 from proxy.imds import (
-    IdentityQuery,
     ImdsError,
-    Selector,
     TokenAnswer,
-    TokenRequest,
     error_for,
     header_error,
     parse_token_query,
 )
+from proxy.query import IdentityQuery, Selector, TokenRequest, scope_for
 from proxy.tokens.errors import (
     CredentialUnavailable,
     EntraRejected,
@@ -279,7 +277,7 @@ def test_client_id_in_the_query_needs_no_default() -> None:
     ],
 )
 def test_scope_for(resource: str, scope: str) -> None:
-    assert imds.scope_for(resource) == scope
+    assert scope_for(resource) == scope
     assert parse(qs=query(resource=resource)).key.scope == scope
 
 
