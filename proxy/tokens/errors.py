@@ -1,8 +1,9 @@
 """The few ways getting a token can fail.
 
 Failures are typed so that each layer decides by kind, not by parsing text: the cache
-chooses its retry policy from the class, and `proxy.imds` alone turns a class into an
-HTTP status and an IMDS error body. Messages never carry a token or an assertion.
+chooses its retry policy from the class, and `proxy.failures` alone turns a class into
+an HTTP status and a description that each protocol renders. Messages never carry a
+token or an assertion.
 """
 
 from __future__ import annotations
