@@ -169,15 +169,7 @@ def parse_query(
     imds_query = version.imds_query(query)
     if isinstance(imds_query, Failure):
         return version, imds_query
-    wanted = parse_wanted_token(imds_query, tenant_id, default_client_id)
-    if isinstance(wanted, IdentityQuery):
-        return version, _refused(
-            400,
-            f"Identity not found: {wanted.selector.param} is resolved on the IMDS token path "
-            "only; select the identity by client id here",
-            "identity_selector",
-        )
-    return version, wanted
+    return version, parse_wanted_token(imds_query, tenant_id, default_client_id)
 
 
 class _Body:

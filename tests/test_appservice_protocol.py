@@ -14,7 +14,7 @@ from proxy.answers import Refusal
 from proxy.appservice import V2017, V2019, Version, parse_query
 from proxy.failures import Failure, failure_for
 from proxy.identity_header import IdentityHeaderSecret
-from proxy.query import TokenRequest
+from proxy.query import IdentityQuery, Selector, TokenRequest
 from proxy.tokens.errors import EntraRejected, EntraThrottled, EntraUnavailable
 from proxy.tokens.model import AccessToken, TokenKey
 
@@ -22,6 +22,11 @@ TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 DEFAULT_CLIENT = "11111111-2222-3333-4444-555555555555"
 OTHER_CLIENT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 VAULT = "https://vault.azure.net"
+OBJECT_ID = "7e3a1c55-0c4f-4c41-9a27-5d0c2b7f1e99"
+RESOURCE_ID = (
+    "/subscriptions/1d2c3b4a-0000-4000-8000-000000000000/resourceGroups/rg/providers/"
+    "Microsoft.ManagedIdentity/userAssignedIdentities/app"
+)
 EXPIRES = 1_796_077_440  # 2026-11-30 22:24:00 UTC
 TOKEN = AccessToken("eyJ.header.sig", "Bearer", EXPIRES, EXPIRES + 3600, EXPIRES - 3600, 0.0)
 
@@ -125,13 +130,34 @@ def test_2019_refuses_the_2017_selector() -> None:
     assert err.status == 400 and "client_id" in str(body["message"])
 
 
+@pytest.mark.parametrize(
+    ("param", "value", "kind", "imds_param"),
+    [
+        ("principal_id", OBJECT_ID, "object_id", "object_id"),
+        ("object_id", OBJECT_ID, "object_id", "object_id"),
+        ("mi_res_id", RESOURCE_ID, "resource_id", "mi_res_id"),
+    ],
+)
+def test_2019_selectors_are_left_to_resolve_as_imds_ones(
+    param: str, value: str, kind: str, imds_param: str
+) -> None:
+    """They mean IMDS's object_id and mi_res_id: the token flow resolves them (never to
+    the default identity)."""
+    version, wanted = parse_query(
+        {"api-version": "2019-08-01", "resource": VAULT, param: value}, TENANT, DEFAULT_CLIENT
+    )
+    assert version is V2019
+    assert isinstance(wanted, IdentityQuery)
+    assert wanted.selector == Selector(kind, imds_param, value)
+    assert wanted.key_for(OTHER_CLIENT) == TokenKey(TENANT, OTHER_CLIENT, VAULT + "/.default")
+
+
 @pytest.mark.parametrize("selector", ["principal_id", "object_id", "mi_res_id"])
-def test_2019_selectors_mean_the_imds_ones(selector: str) -> None:
-    """They resolve as IMDS resolves object_id / mi_res_id (not supported yet: Identity not
-    found, a 400, never the default identity)."""
+def test_malformed_2019_selectors_are_identity_not_found(selector: str) -> None:
     err, body = rejects({"api-version": "2019-08-01", "resource": VAULT, selector: "x"})
     assert err.status == 400
-    assert "Identity not found" in str(body["message"])
+    assert set(body) == {"statusCode", "message"}
+    assert str(body["message"]).startswith("Identity not found")
 
 
 def test_no_identity_at_all_is_identity_not_found() -> None:
