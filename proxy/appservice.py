@@ -58,8 +58,11 @@ class Version:
         return Refusal.of(failure, self.error_body(failure.status, failure.description))
 
     def imds_query(self, query: Mapping[str, str]) -> dict[str, str] | Failure:
-        """The query in IMDS's names, refusing the other version's selectors."""
+        """The query in IMDS's names, refusing the other version's selectors, and two
+        names of one selector (`principal_id`, `object_id`) that disagree, as IMDS refuses
+        two selectors that do."""
         translated = {"resource": query.get("resource", "")}
+        named_by: dict[str, str] = {}
         for name in _ALL_SELECTORS:
             if name not in query:
                 continue
@@ -73,7 +76,16 @@ class Version:
                     f"it selects an identity by {supported}",
                     "identity_selector",
                 )
-            translated[meaning] = query[name]
+            value = query[name]
+            earlier = named_by.setdefault(meaning, name)
+            if earlier != name and value.strip().lower() != translated[meaning].strip().lower():
+                return Failure(
+                    400,
+                    "invalid_request",
+                    f"Give only one of {earlier} and {name}: the request names two identities",
+                    "identity_ambiguous",
+                )
+            translated[meaning] = value
         return translated
 
 

@@ -152,6 +152,32 @@ def test_2019_selectors_are_left_to_resolve_as_imds_ones(
     assert wanted.key_for(OTHER_CLIENT) == TokenKey(TENANT, OTHER_CLIENT, VAULT + "/.default")
 
 
+def test_principal_id_and_object_id_must_not_disagree() -> None:
+    """Both mean IMDS's object_id: two different ids are refused, never one picked."""
+    other = OBJECT_ID.replace("7e3a", "8f4b")
+    err, body = rejects(
+        {
+            "api-version": "2019-08-01",
+            "resource": VAULT,
+            "principal_id": OBJECT_ID,
+            "object_id": other,
+        }
+    )
+    assert err.status == 400 and err.failure.label == "identity_ambiguous"
+    assert "principal_id and object_id" in str(body["message"])
+    _, same = parse_query(
+        {
+            "api-version": "2019-08-01",
+            "resource": VAULT,
+            "principal_id": OBJECT_ID,
+            "object_id": OBJECT_ID.upper(),
+        },
+        TENANT,
+        DEFAULT_CLIENT,
+    )
+    assert isinstance(same, IdentityQuery) and same.selector.kind == "object_id"
+
+
 @pytest.mark.parametrize("selector", ["principal_id", "object_id", "mi_res_id"])
 def test_malformed_2019_selectors_are_identity_not_found(selector: str) -> None:
     err, body = rejects({"api-version": "2019-08-01", "resource": VAULT, selector: "x"})
