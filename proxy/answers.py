@@ -1,21 +1,46 @@
-"""An error of any token protocol as an aiohttp response, and what its request line says.
+"""A failure in one protocol's shape, rendered once and sent as often as it is asked for.
 
-Each protocol module (`imds`, `appservice`) builds its own bodies; this is where they turn
-into responses, so the request line records failures the same way for both.
+Each protocol module (`imds`, `appservice`) writes its own bodies; this is where they
+become responses, so the headers (Retry-After) and the request line record failures the
+same way for every protocol.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from aiohttp import web
 
-from proxy.imds import ImdsError
-from proxy.requestlog import json_fields
+from proxy.failures import Failure
+
+JSON = "application/json; charset=utf-8"
+Answer = tuple[web.StreamResponse, str]
+"""A response and its request-log fields."""
 
 
-def error_answer(err: ImdsError) -> tuple[web.StreamResponse, str]:
-    """The error answer, and the request line's fields (the kind; the text for 429/5xx)."""
-    fields: dict[str, object] = {"error": err.reason}
-    if err.status >= 500 or err.status == 429:
-        fields["reason"] = err.description
-    response = web.Response(status=err.status, body=err.body, headers=err.headers)
-    return response, json_fields(fields)
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A failure with its body, headers and request-line fields, built once: constants
+    and remembered refusals cost a response object per request, nothing more."""
+
+    failure: Failure
+    body: bytes
+    headers: Mapping[str, str]
+    fields: str
+
+    @classmethod
+    def of(cls, failure: Failure, body: bytes) -> Refusal:
+        headers = {"Content-Type": JSON}
+        retry_after = failure.retry_after_header()
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
+        return cls(failure, body, headers, failure.log_fields())
+
+    @property
+    def status(self) -> int:
+        return self.failure.status
+
+    def answer(self) -> Answer:
+        response = web.Response(status=self.failure.status, body=self.body, headers=self.headers)
+        return response, self.fields

@@ -2,9 +2,10 @@
 
 The proxy serves a handful of routes, so it dispatches on `proxy.paths`' reading of the
 path on aiohttp's low-level server instead of the router and application machinery; IMDS's
-own spelling of the token path is one set lookup before anything else. A cached IMDS
-token costs: two header lookups, one dictionary lookup for the (remembered) meaning of
-the query, one for the token, two integers formatted into prebuilt bytes, and one
+own spelling of the token path is one set lookup before anything else. Both token
+protocols are answered by one token flow (`proxy.tokenflow`): a cached IMDS token costs
+one dictionary lookup for the (remembered) meaning of the target, two header lookups, one
+dictionary lookup for the token, two integers formatted into prebuilt bytes, and one
 pre-escaped log line. Handlers never raise: errors are answers in the caller's protocol.
 """
 
@@ -17,32 +18,23 @@ from dataclasses import dataclass, field
 
 from aiohttp import HttpVersion10, web
 
-from proxy.answers import error_answer as _error
-from proxy.appservice import AppServiceEndpoint
+from proxy.answers import Answer
+from proxy.appservice import AppServiceProtocol
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.counters import RequestMetrics
+from proxy.failures import Failure
 from proxy.forward import Forwarder
 from proxy.identities import IdentityDirectory
-from proxy.imds import (
-    FORWARDED,
-    JSON,
-    TOKEN_PATH,
-    IdentityQuery,
-    ImdsError,
-    TokenAnswer,
-    TokenRequest,
-    error_for,
-    header_error,
-    parse_token_query,
-    scope_for,
-)
+from proxy.imds import FORWARDED, TOKEN_PATH, ImdsProtocol, refusal
 from proxy.paths import Route, route_for
+from proxy.query import scope_for
 from proxy.requestlog import RequestLog, json_field
 from proxy.status import inspection_pages
+from proxy.tokenflow import TokenFlow
 from proxy.tokens.cache import TokenCache
-from proxy.tokens.errors import CredentialUnavailable, TokenError
-from proxy.tokens.model import AccessToken, TokenKey
+from proxy.tokens.errors import CredentialUnavailable
+from proxy.tokens.model import TokenKey
 from proxy.usage import CallerUsage
 
 _INSPECTION = inspection_pages()
@@ -50,44 +42,23 @@ _INSPECTION = inspection_pages()
 _TOKEN_PATHS = frozenset((TOKEN_PATH, TOKEN_PATH + "/"))
 _TOKEN_ROUTE = Route("token")
 _HTTP09 = Route("http09")
-_Answer = tuple[web.StreamResponse, str]
-"""A response and its request-log fields."""
-JSON_HEADERS = {"Content-Type": JSON}
-MAX_REMEMBERED_QUERIES = 256
-"""An app asks with a handful of query strings; a flood of distinct ones costs at most this."""
-_METHOD_NOT_ALLOWED = ImdsError(
-    405, "invalid_request", "Only GET is supported on this path", reason="method"
-)
 _REFUSED = {
-    "identity": ImdsError(
-        404,
-        "not_found",
-        "No such identity endpoint: this proxy serves /metadata/identity/oauth2/token only",
-        reason="identity_path",
+    "identity": refusal(
+        Failure(
+            404,
+            "not_found",
+            "No such identity endpoint: this proxy serves /metadata/identity/oauth2/token only",
+            "identity_path",
+        )
     ),
-    "other": ImdsError(404, "not_found", "No such endpoint", reason="path"),
-    "invalid": ImdsError(
-        400, "invalid_request", "The request path cannot be read unambiguously", reason="path"
+    "other": refusal(Failure(404, "not_found", "No such endpoint", "path")),
+    "invalid": refusal(
+        Failure(400, "invalid_request", "The request path cannot be read unambiguously", "path")
     ),
-    "http09": ImdsError(
-        400, "invalid_request", "HTTP/1.0 or later is required", reason="http_version"
+    "http09": refusal(
+        Failure(400, "invalid_request", "HTTP/1.0 or later is required", "http_version")
     ),
 }
-
-
-class _KnownQuery:
-    """A validated token query: its cache key, its answer and its request-log fields."""
-
-    __slots__ = ("answer", "hit", "key", "miss")
-
-    def __init__(self, wanted: TokenRequest) -> None:
-        self.answer = TokenAnswer(wanted)
-        self.key = wanted.key
-        fields = json_field("client_id", wanted.key.client_id) + json_field(
-            "resource", wanted.resource
-        )
-        self.hit = fields + ', "cache": "hit"'
-        self.miss = fields + ', "cache": "miss"'
 
 
 @dataclass
@@ -131,12 +102,20 @@ class Proxy:
 class ProxyHttp:
     """The request handler of the proxy's listener (an aiohttp low-level server handler)."""
 
-    def __init__(self, proxy: Proxy, request_log: RequestLog) -> None:
+    def __init__(
+        self,
+        proxy: Proxy,
+        request_log: RequestLog,
+        flow: TokenFlow,
+        imds: ImdsProtocol,
+        app_service: AppServiceProtocol,
+    ) -> None:
         self._proxy = proxy
-        self._cache = proxy.cache
         self._callers = proxy.callers
-        self._clock = proxy.clock
         self._log = request_log
+        self._flow = flow
+        self._imds = imds
+        self._app_service = app_service
         metrics = proxy.request_metrics
         self._routes = {
             name: metrics.route(name)
@@ -154,18 +133,13 @@ class ProxyHttp:
             )
         }
         self._routes["http09"] = self._routes["invalid"]
-        self._tenant_id = proxy.settings.tenant_id
-        self._default_client_id = proxy.settings.client_id
-        self._identities = proxy.identities
-        self._queries: dict[str, _KnownQuery | ImdsError] = {}
-        self._app_service = AppServiceEndpoint.from_settings(proxy.settings, proxy.cache)
         self.last_arrival = 0.0
         """`time.perf_counter()` of the latest request: a draining server waits for quiet."""
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self.last_arrival = time.perf_counter()
         target = request.raw_path
-        path, _, query = target.partition("?")
+        path = target.partition("?")[0]
         # IMDS's own spelling of the token path is matched as it stands; any other spelling
         # is read canonically first (`proxy.paths`), so that no form of an identity path
         # is ever forwarded to the node's IMDS.
@@ -175,17 +149,20 @@ class ProxyHttp:
         name = route.name
         if name == "token":
             event = "received token request"
-            answered = self._token_now(request, query)
-            response, extra = answered or await self._token_later(request, query)
+            flow = self._flow
+            answered = flow.answer_now(request, target)
+            response, extra = answered or await flow.answer(self._imds, request, target)
             extra += self._callers.observe(request.headers)
         elif name == "appservice":
             event = "received app service token request"
-            response, extra = await self._app_service(request)
+            flow = self._flow
+            answered = flow.answer_now(request, target)
+            response, extra = answered or await flow.answer(self._app_service, request, target)
             extra += self._callers.observe(request.headers)
         elif name == "metadata":
             event = "forwarded metadata request"
             if "X-Forwarded-For" in request.headers:
-                response, extra = _error(FORWARDED)
+                response, extra = FORWARDED.answer()
             else:
                 response, extra = await self._proxy.forwarder(request, route.forward_path), ""
         elif name == "readyz":
@@ -199,7 +176,7 @@ class ProxyHttp:
             response, extra = web.json_response(_INSPECTION[name](self._proxy)), ""
         else:
             event = "received unknown request"
-            response, extra = _error(_REFUSED[name])
+            response, extra = _REFUSED[name].answer()
             if name == "http09":
                 response.force_close()
         elapsed = time.perf_counter() - started
@@ -210,64 +187,7 @@ class ProxyHttp:
             self._log.write(event, request.method, path, status, elapsed, request_id, extra)
         return response
 
-    def _token_now(self, request: web.BaseRequest, query: str) -> _Answer | None:
-        """What needs no waiting: a refusal, a remembered query's error, a cached token.
-        None: the query is new or the token is not cached (see `_token_later`)."""
-        if request.method != "GET":
-            return _error(_METHOD_NOT_ALLOWED)
-        refused = header_error(request.headers)
-        if refused is not None:
-            return _error(refused)
-        known = self._queries.get(query)
-        if known is None:
-            return None
-        if isinstance(known, ImdsError):
-            return _error(known)
-        found = self._cache.lookup(known.key)
-        if found is None:
-            return None
-        return self._token_response(known, found), known.hit
-
-    async def _token_later(self, request: web.BaseRequest, query: str) -> _Answer:
-        known = self._queries.get(query) or await self._remember_query(request, query)
-        if isinstance(known, ImdsError):
-            return _error(known)
-        found = self._cache.lookup(known.key)
-        if found is not None:
-            return self._token_response(known, found), known.hit
-        try:
-            found = await self._cache.fetch(known.key)
-        except TokenError as exc:
-            response, extra = _error(error_for(exc))
-            return response, known.miss + extra
-        return self._token_response(known, found), known.miss
-
-    def _token_response(self, known: _KnownQuery, token: AccessToken) -> web.Response:
-        return web.Response(body=known.answer.render(token, self._clock()), headers=JSON_HEADERS)
-
-    async def _remember_query(
-        self, request: web.BaseRequest, query: str
-    ) -> _KnownQuery | ImdsError:
-        """Validate a query once; the same query string always means the same request
-        (the traceback of an error would pin this request, so it is dropped)."""
-        result: _KnownQuery | ImdsError
-        try:
-            wanted = parse_token_query(request.query, self._tenant_id, self._default_client_id)
-            if isinstance(wanted, IdentityQuery):
-                try:
-                    wanted = await self._identities.resolve(wanted, self._cache.get)
-                except ImdsError as err:  # not remembered: an identity learned later may match
-                    return err.with_traceback(None)
-        except ImdsError as err:
-            result = err.with_traceback(None)
-        else:
-            result = _KnownQuery(wanted)
-        if len(self._queries) >= MAX_REMEMBERED_QUERIES:
-            self._queries.clear()
-        self._queries[query] = result
-        return result
-
-    def _readyz(self) -> tuple[web.StreamResponse, str]:
+    def _readyz(self) -> Answer:
         reasons = self._proxy.not_ready_reasons()
         if not reasons:
             return web.Response(text="ok"), ""

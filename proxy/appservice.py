@@ -12,10 +12,10 @@ SDKs' parsers read it:
   `06/20/2019 02:57:58 +00:00` (App Service on Linux; azure-identity 1.5, @azure/identity,
   adal and Java's MSIToken parse it). Errors are ASP.NET's `{"Message", "ExceptionMessage"}`.
 
-The meaning of a query, the cache and the failure policy are the IMDS endpoint's
-(`proxy.imds`); only the header, the names and the shapes differ. Statuses carry over, so a
-transient failure is a 5xx with Retry-After here too. A missing or wrong secret is a 401 that
-no client retries.
+The meaning of a query (in IMDS's names, `proxy.imds`), identity resolution, the cache
+and the failure policy are the token flow's (`proxy.tokenflow`), as for IMDS; only the
+header, the names and the shapes differ. Statuses carry over, so a transient failure is a
+5xx with Retry-After here too. A missing or wrong secret is a 401 that no client retries.
 """
 
 from __future__ import annotations
@@ -27,38 +27,19 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.answers import error_answer
+from proxy.answers import Refusal
 from proxy.config import Settings
+from proxy.failures import Failure
 from proxy.identity_header import IdentityHeaderSecret
-from proxy.imds import (
-    JSON,
-    IdentityQuery,
-    ImdsError,
-    TokenRequest,
-    error_for,
-    parse_wanted_token,
-    selector_unresolved_here,
-)
+from proxy.imds import parse_wanted_token
 from proxy.logs import get_logger
 from proxy.paths import APP_SERVICE_PATH
+from proxy.query import IdentityQuery, TokenRequest
 from proxy.requestlog import json_field
-from proxy.tokens.cache import TokenCache
-from proxy.tokens.errors import TokenError
 from proxy.tokens.model import AccessToken
 
 EXPIRES_ON_2017 = "%m/%d/%Y %H:%M:%S +00:00"
-MAX_REMEMBERED_QUERIES = 4096
 log = get_logger("proxy.appservice")
-
-
-class AppServiceError(ImdsError):
-    """A refusal in one version's shape; status, Retry-After and log label as for IMDS."""
-
-    def __init__(
-        self, status: int, body: bytes, reason: str, description: str, retry_after: float | None
-    ) -> None:
-        super().__init__(status, reason, description, retry_after=retry_after, reason=reason)
-        self.body = body
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,33 +53,39 @@ class Version:
     render: Callable[[AccessToken, TokenRequest], bytes]
     error_body: Callable[[int, str], bytes]
 
-    def refusal(
-        self, status: int, description: str, reason: str, retry_after: float | None = None
-    ) -> AppServiceError:
-        return AppServiceError(
-            status, self.error_body(status, description), reason, description, retry_after
-        )
+    def refusal(self, failure: Failure) -> Refusal:
+        """`failure` (status, text, Retry-After) in this version's shape."""
+        return Refusal.of(failure, self.error_body(failure.status, failure.description))
 
-    def from_imds(self, err: ImdsError) -> AppServiceError:
-        """The same answer (status, text, Retry-After) in this version's shape."""
-        return self.refusal(err.status, err.description, err.reason, err.retry_after)
-
-    def imds_query(self, query: Mapping[str, str]) -> dict[str, str]:
-        """The query in IMDS's names, refusing the other version's selectors."""
+    def imds_query(self, query: Mapping[str, str]) -> dict[str, str] | Failure:
+        """The query in IMDS's names, refusing the other version's selectors, and two
+        names of one selector (`principal_id`, `object_id`) that disagree, as IMDS refuses
+        two selectors that do."""
         translated = {"resource": query.get("resource", "")}
+        named_by: dict[str, str] = {}
         for name in _ALL_SELECTORS:
             if name not in query:
                 continue
             meaning = self.selectors.get(name)
             if meaning is None:
                 supported = ", ".join(self.selectors)
-                raise self.refusal(
+                return Failure(
                     400,
+                    "invalid_request",
                     f"'{name}' is not a parameter of api-version {self.api_version}; "
                     f"it selects an identity by {supported}",
                     "identity_selector",
                 )
-            translated[meaning] = query[name]
+            value = query[name]
+            earlier = named_by.setdefault(meaning, name)
+            if earlier != name and value.strip().lower() != translated[meaning].strip().lower():
+                return Failure(
+                    400,
+                    "invalid_request",
+                    f"Give only one of {earlier} and {name}: the request names two identities",
+                    "identity_ambiguous",
+                )
+            translated[meaning] = value
         return translated
 
 
@@ -153,21 +140,27 @@ VERSIONS = {v.api_version: v for v in (V2019, V2017)}
 _ALL_SELECTORS = tuple(dict.fromkeys(name for v in VERSIONS.values() for name in v.selectors))
 
 
-_NOT_GET = V2019.refusal(405, "Only GET is supported on this path", "method")
+def _refused(status: int, description: str, reason: str) -> Failure:
+    return Failure(status, "invalid_request", description, reason)
+
+
+_NOT_GET = V2019.refusal(_refused(405, "Only GET is supported on this path", "method"))
 _POST_REFUSED = V2019.refusal(
-    405,
-    "Only GET is supported on this path; msrestazure POSTs Cloud Shell's form here unless "
-    "APPSETTING_WEBSITE_SITE_NAME is set, as App Service sets it",
-    "method",
+    _refused(
+        405,
+        "Only GET is supported on this path; msrestazure POSTs Cloud Shell's form here unless "
+        "APPSETTING_WEBSITE_SITE_NAME is set, as App Service sets it",
+        "method",
+    )
 )
 
 
-def version_of(query: Mapping[str, str]) -> Version:
-    """The version the caller speaks; an unknown one is refused in the current shape."""
+def version_of(query: Mapping[str, str]) -> Version | Failure:
+    """The version the caller speaks; an unknown one is refused (in the current shape)."""
     api_version = query.get("api-version", "")
     version = VERSIONS.get(api_version)
     if version is None:
-        raise V2019.refusal(
+        return _refused(
             400,
             "api-version must be one of "
             + ", ".join(VERSIONS)
@@ -179,62 +172,84 @@ def version_of(query: Mapping[str, str]) -> Version:
 
 def parse_query(
     query: Mapping[str, str], tenant_id: str, default_client_id: str | None
-) -> tuple[Version, TokenRequest]:
-    """What an App Service token query asks for; raises `AppServiceError`."""
+) -> tuple[Version | None, TokenRequest | IdentityQuery | Failure]:
+    """The version an App Service token query speaks (None: not one of ours), and what
+    it asks for: selectors mean what IMDS's do, for the token flow to resolve."""
     version = version_of(query)
-    try:
-        wanted = parse_wanted_token(version.imds_query(query), tenant_id, default_client_id)
-        if isinstance(wanted, IdentityQuery):
-            raise selector_unresolved_here(wanted.selector)
-    except ImdsError as err:
-        raise version.from_imds(err) from None
-    return version, wanted
+    if isinstance(version, Failure):
+        return None, version
+    imds_query = version.imds_query(query)
+    if isinstance(imds_query, Failure):
+        return version, imds_query
+    return version, parse_wanted_token(imds_query, tenant_id, default_client_id)
 
 
-class _KnownQuery:
-    """A validated query: its version, what it wants, its log fields and last body."""
+class _Body:
+    """No countdown in this protocol: one body per token."""
 
-    __slots__ = ("_body", "_token", "hit", "miss", "version", "wanted")
+    __slots__ = ("_body", "_token", "version", "wanted")
 
     def __init__(self, version: Version, wanted: TokenRequest) -> None:
         self.version = version
         self.wanted = wanted
-        fields = (
-            json_field("api_version", version.api_version)
-            + json_field("client_id", wanted.key.client_id)
-            + json_field("resource", wanted.resource)
-        )
-        self.hit = fields + ', "cache": "hit"'
-        self.miss = fields + ', "cache": "miss"'
         self._token: AccessToken | None = None
         self._body = b""
 
-    def body(self, token: AccessToken) -> bytes:
-        """No countdown in this protocol: one body per token."""
+    def render(self, token: AccessToken, now: float) -> bytes:
         if token is not self._token:
             self._body = self.version.render(token, self.wanted)
             self._token = token
         return self._body
 
 
-_Remembered = tuple[Version | None, _KnownQuery | AppServiceError]
+class _Dialect:
+    """One version as the token flow answers it: the secret in its header, its shapes.
+    Without a version (an unknown api-version) there is no header to look in: the
+    caller is told about the version, in the current version's shape."""
+
+    __slots__ = ("_endpoint", "version")
+
+    def __init__(self, endpoint: AppServiceProtocol, version: Version | None) -> None:
+        self._endpoint = endpoint
+        self.version = version
+
+    def refuse(self, request: web.BaseRequest) -> Refusal | None:
+        if request.method != "GET":
+            return _POST_REFUSED if request.method == "POST" else _NOT_GET
+        # The secret before the query: a caller without it learns nothing about its query.
+        version = self.version
+        if version is None or self._endpoint.secret.matches(
+            request.headers.get(version.secret_header)
+        ):
+            return None
+        return self._endpoint.secret_refusal(version, request)
+
+    def refusal(self, failure: Failure) -> Refusal:
+        return (self.version or V2019).refusal(failure)
+
+    def token_body(self, wanted: TokenRequest) -> _Body:
+        return _Body(self.version or V2019, wanted)
+
+    def log_fields(self, wanted: TokenRequest) -> str:
+        return (
+            json_field("api_version", (self.version or V2019).api_version)
+            + json_field("client_id", wanted.key.client_id)
+            + json_field("resource", wanted.resource)
+        )
 
 
-class AppServiceEndpoint:
-    """Answers `/msi/token` from the proxy's token cache."""
+class AppServiceProtocol:
+    """The token flow's adapter for `/msi/token` (`proxy.tokenflow`): a dialect per
+    version, sharing the pod's identity-header secret."""
 
     def __init__(
-        self,
-        cache: TokenCache,
-        secret: IdentityHeaderSecret,
-        tenant_id: str,
-        default_client_id: str | None,
+        self, secret: IdentityHeaderSecret, tenant_id: str, default_client_id: str | None
     ) -> None:
-        self._cache = cache
-        self._secret = secret
+        self.secret = secret
         self._tenant_id = tenant_id
         self._default_client_id = default_client_id
-        self._queries: dict[str, _Remembered] = {}
+        self._dialects = {name: _Dialect(self, version) for name, version in VERSIONS.items()}
+        self._unversioned = _Dialect(self, None)
         self._told_unconfigured = False
         # Unconfigured is the normal state of a pod in redirect mode, which never uses this
         # endpoint: say so once a caller does, not at every start.
@@ -243,37 +258,20 @@ class AppServiceEndpoint:
             log.info("App Service endpoint serves tokens", path=APP_SERVICE_PATH, secret=source)
 
     @classmethod
-    def from_settings(cls, settings: Settings, cache: TokenCache) -> AppServiceEndpoint:
+    def from_settings(cls, settings: Settings) -> AppServiceProtocol:
         secret = IdentityHeaderSecret(settings.identity_header, settings.identity_header_file)
-        return cls(cache, secret, settings.tenant_id, settings.client_id)
+        return cls(secret, settings.tenant_id, settings.client_id)
 
-    async def __call__(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
-        """The answer, and what the request line says about it (never the secret)."""
-        if request.method != "GET":
-            return error_answer(_POST_REFUSED if request.method == "POST" else _NOT_GET)
-        remembered = self._queries.get(request.rel_url.raw_query_string)
-        if remembered is None:
-            remembered = self._remember_query(request)
-        version, known = remembered
-        # The secret first: a caller without it learns nothing about its query.
-        secret = request.headers.get(version.secret_header) if version else None
-        if version is not None and not self._secret.matches(secret):
-            return error_answer(self._secret_refusal(version, request))
-        if isinstance(known, AppServiceError):
-            return error_answer(known)
-        found = self._cache.lookup(known.wanted.key)
-        extra = known.hit
-        if found is None:
-            extra = known.miss
-            try:
-                found = await self._cache.fetch(known.wanted.key)
-            except TokenError as exc:
-                response, refused = error_answer(known.version.from_imds(error_for(exc)))
-                return response, extra + refused
-        return web.Response(body=known.body(found), headers={"Content-Type": JSON}), extra
+    def parse(
+        self, request: web.BaseRequest
+    ) -> tuple[_Dialect, TokenRequest | IdentityQuery | Failure]:
+        version, wanted = parse_query(request.query, self._tenant_id, self._default_client_id)
+        return (
+            self._unversioned if version is None else self._dialects[version.api_version]
+        ), wanted
 
-    def _secret_refusal(self, version: Version, request: web.BaseRequest) -> AppServiceError:
-        if not self._secret.configured:
+    def secret_refusal(self, version: Version, request: web.BaseRequest) -> Refusal:
+        if not self.secret.configured:
             if not self._told_unconfigured:
                 self._told_unconfigured = True
                 log.warning(
@@ -289,22 +287,4 @@ class AppServiceEndpoint:
             description = f"The {version.secret_header} header is missing"
         else:
             description = f"The {version.secret_header} header does not match"
-        return version.refusal(401, description, "identity_header")
-
-    def _remember_query(self, request: web.BaseRequest) -> _Remembered:
-        """Validate a query once; the same query string always means the same request.
-        The version is kept apart: it says which header holds the secret, even for a query
-        that is refused once the secret checks out."""
-        version: Version | None = None
-        known: _KnownQuery | AppServiceError
-        try:
-            version = version_of(request.query)
-            known = _KnownQuery(
-                *parse_query(request.query, self._tenant_id, self._default_client_id)
-            )
-        except AppServiceError as err:
-            known = err.with_traceback(None)  # the traceback would pin this request
-        if len(self._queries) >= MAX_REMEMBERED_QUERIES:
-            self._queries.clear()
-        remembered = self._queries[request.rel_url.raw_query_string] = (version, known)
-        return remembered
+        return version.refusal(_refused(401, description, "identity_header"))

@@ -13,15 +13,15 @@ an unresolved one may match later and must not be.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jwt
 import structlog
 
+from proxy.failures import Failure, failure_for
 from proxy.identity_ids import IdentitySpec, is_object_id, is_resource_id
-from proxy.imds import IdentityQuery, ImdsError, Selector, TokenRequest, error_for
-from proxy.imds import identity_not_found as not_found
+from proxy.query import IdentityQuery, Selector, TokenRequest
 from proxy.tokens.cache import Exchange
 from proxy.tokens.errors import EntraRejected, TokenError
 from proxy.tokens.model import AccessToken, TokenKey
@@ -104,12 +104,12 @@ class IdentityDirectory:
 
         return exchange_and_learn
 
-    async def resolve(self, query: IdentityQuery, fetch: Fetch) -> TokenRequest:
+    async def resolve(self, query: IdentityQuery, fetch: Fetch) -> TokenRequest | Failure:
         """The request `query` means, learning configured identities first when needed.
 
-        Raises `ImdsError`: identity not found (400, final only until an identity is
-        learned, so never to be remembered), or the transient failure that kept an
-        identity from being checked (5xx or 429, never a 400 that callers would believe).
+        Or the failure: identity not found (400, final only until an identity is learned,
+        so never to be remembered), or the transient failure that kept an identity from
+        being checked (5xx or 429, never a 400 that callers would believe).
         """
         client_id = self.find(query.selector)
         if client_id is None:
@@ -119,21 +119,39 @@ class IdentityDirectory:
             )
             client_id = self.find(query.selector)
             if client_id is None:
-                raise self._not_found(query.selector, dict(zip(unseen, results, strict=True)))
+                return self._not_found(query.selector, dict(zip(unseen, results, strict=True)))
         return query.resolved(client_id)
 
-    def _not_found(self, selector: Selector, tried: dict[str, Any]) -> ImdsError:
+    def _not_found(self, selector: Selector, tried: dict[str, Any]) -> Failure:
         failures = {c: r for c, r in tried.items() if isinstance(r, BaseException)}
         for result in failures.values():
             if isinstance(result, TokenError) and not isinstance(result, EntraRejected):
-                return error_for(result)  # this identity may be the one: try again later
-            if not isinstance(result, TokenError):
+                return failure_for(result)  # this identity may be the one: try again later
+            if not isinstance(result, TokenError):  # a bug, not an answer
                 raise result
         unchecked = "".join(
             f"; {client_id} could not be asked: {_first_line(exc)}"
             for client_id, exc in failures.items()
         )
-        return not_found(selector, self.known, unchecked)
+        return identity_not_found(selector, self.known, unchecked)
+
+
+def identity_not_found(selector: Selector, known: Sequence[str], unchecked: str) -> Failure:
+    """No identity of the pod has the selected id; `known` are the client ids whose ids
+    are known, `unchecked` says which could not be asked (empty when none)."""
+    checked = ", ".join(known) if known else "none"
+    return Failure(
+        400,
+        "invalid_request",
+        f"Identity not found: no identity of this pod has {selector.param} "
+        f"'{_clip(selector.value)}' (identities checked: {checked}{unchecked}); an id "
+        "its tokens do not carry can be mapped with --identity or IMDS_PROXY_IDENTITIES",
+        "identity_unknown",
+    )
+
+
+def _clip(value: str, limit: int = 300) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
 
 
 def identity_claims(token: str) -> tuple[str | None, str | None]:

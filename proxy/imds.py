@@ -1,34 +1,30 @@
 """The IMDS token protocol: what a request means and what the answer looks like.
 
-This is the only module that knows IMDS's status codes and bodies. It reads a request
-into a `TokenRequest` (or an `IdentityQuery`, when the caller names its identity by object
-id or resource id, for `proxy.identities` to resolve) or raises `ImdsError`, renders tokens
-exactly as IMDS does (every value a string, `expires_in` counted from now), and maps typed
-token failures to errors.
+This is the only module that knows IMDS's bodies. It reads a request into a
+`TokenRequest` (or an `IdentityQuery`, when the caller names its identity by object id or
+resource id, for `proxy.identities` to resolve) or a `Failure`, and renders tokens exactly
+as IMDS does (every value a string, `expires_in` counted from now) and failures as IMDS's
+`{"error", "error_description"}`. `ImdsProtocol` is the token flow's adapter
+(`proxy.tokenflow`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
+from aiohttp import web
+
+from proxy.answers import JSON as JSON  # re-exported: part of the protocol
+from proxy.answers import Refusal
+from proxy.failures import Failure
 from proxy.identity_ids import is_client_id, is_object_id, is_resource_id
 from proxy.paths import TOKEN_PATH as TOKEN_PATH  # re-exported: part of the protocol
-from proxy.tokens.errors import (
-    CredentialUnavailable,
-    EntraRejected,
-    EntraThrottled,
-    EntraUnavailable,
-    FederationPending,
-    TokenError,
-)
+from proxy.query import IdentityQuery, Selector, TokenRequest, scope_for
+from proxy.requestlog import json_field
 from proxy.tokens.model import AccessToken, TokenKey
 
-JSON = "application/json; charset=utf-8"
-_DEFAULT_SUFFIX = "/.default"
 _OLDEST_API_VERSION = "2018-02-01"
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MAX_RESOURCE_LENGTH = 2048
@@ -42,95 +38,34 @@ _SELECTORS = {
 _UNDECODABLE = "\ufffd"
 """What the query parser puts where percent-decoded bytes were not UTF-8 (`%ff%fe`): such a
 value is refused, never sent to Entra ID with the bytes guessed at."""
-MAX_RETRY_AFTER = 60
-"""Longest Retry-After sent: azidentity gives up beyond it, MSAL Python goes silent for it."""
-TRANSIENT_RETRY_AFTER = 5
-"""Retry-After on a transient failure when no better time is known."""
-_UNKNOWN_IDENTITY_AADSTS = frozenset(("700016", "70021", "700211", "700212", "700213"))
-"""Entra's ways of saying that this pod has no such identity: the app does not exist, or
-trusts no federated credential matching the pod's service account."""
-
-
-class ImdsError(Exception):
-    """An answer other than a token: status, IMDS error code and a safe description."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        description: str,
-        *,
-        retry_after: float | None = None,
-        reason: str | None = None,
-    ) -> None:
-        super().__init__(description)
-        self.status = status
-        self.error = error
-        self.description = description
-        self.retry_after = retry_after
-        self.reason = reason or error
-        """A short, bounded label for logs and metrics (the failure kind)."""
-        self.body = error_body(error, description)  # built once: many errors are constants
-        self.headers = {"Content-Type": JSON}
-        if retry_after is not None:
-            # Whole seconds, capped: the cache keeps honouring a longer wait on its own.
-            seconds = min(max(1, math.ceil(retry_after)), MAX_RETRY_AFTER)
-            self.headers["Retry-After"] = str(seconds)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRequest:
-    resource: str
-    key: TokenKey
-
-
-@dataclass(frozen=True, slots=True)
-class Selector:
-    """An identity named by its object id or its resource id instead of its client id."""
-
-    kind: str
-    """`object_id` or `resource_id`."""
-    param: str
-    """The query parameter as the caller spelled it (`msi_res_id`, `mi_res_id`...)."""
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityQuery:
-    """A valid token request whose client id is still to be found from `selector`."""
-
-    resource: str
-    tenant_id: str
-    selector: Selector
-
-    def key_for(self, client_id: str) -> TokenKey:
-        return TokenKey(self.tenant_id, client_id, scope_for(self.resource))
-
-    def resolved(self, client_id: str) -> TokenRequest:
-        return TokenRequest(self.resource, self.key_for(client_id))
 
 
 def error_body(error: str, description: str) -> bytes:
     return json.dumps({"error": error, "error_description": description}).encode()
 
 
-def scope_for(resource: str) -> str:
-    """Entra's v2 scope for an IMDS resource, as upstream forms it (trailing slash kept)."""
-    return resource if resource.endswith(_DEFAULT_SUFFIX) else resource + _DEFAULT_SUFFIX
+def refusal(failure: Failure) -> Refusal:
+    """`failure` as IMDS answers it."""
+    return Refusal.of(failure, error_body(failure.code, failure.description))
 
 
-MISSING_METADATA = ImdsError(
-    400, "invalid_request", "Required metadata header not specified", reason="metadata_header"
+MISSING_METADATA = refusal(
+    Failure(400, "invalid_request", "Required metadata header not specified", "metadata_header")
 )
-FORWARDED = ImdsError(
-    400,
-    "invalid_request",
-    "Request was proxied (X-Forwarded-For is set); IMDS refuses proxied requests",
-    reason="forwarded",
+FORWARDED = refusal(
+    Failure(
+        400,
+        "invalid_request",
+        "Request was proxied (X-Forwarded-For is set); IMDS refuses proxied requests",
+        "forwarded",
+    )
+)
+METHOD_NOT_ALLOWED = refusal(
+    Failure(405, "invalid_request", "Only GET is supported on this path", "method")
 )
 
 
-def header_error(headers: Mapping[str, str]) -> ImdsError | None:
+def header_error(headers: Mapping[str, str]) -> Refusal | None:
     """The per-request part of validation, checked first as IMDS does (the query's part
     is the same for the same query string, see `parse_token_query`)."""
     metadata = headers.get("Metadata")
@@ -143,20 +78,20 @@ def header_error(headers: Mapping[str, str]) -> ImdsError | None:
 
 def parse_token_query(
     query: Mapping[str, str], tenant_id: str, default_client_id: str | None
-) -> TokenRequest | IdentityQuery:
+) -> TokenRequest | IdentityQuery | Failure:
     """Validate the query in IMDS's order: api-version, resource, identity. The same query
-    string always means the same `TokenRequest` or error, so callers may remember them; an
-    `IdentityQuery` may resolve differently once more identities are known."""
+    string always means the same `TokenRequest` or failure, so callers may remember them;
+    an `IdentityQuery` may resolve differently once more identities are known."""
     api_version = query.get("api-version")
     if not api_version:
-        raise ImdsError(
+        return Failure(
             400,
             "invalid_request",
             "Required query variable 'api-version' is missing",
             reason="api_version",
         )
     if not _API_VERSION.match(api_version) or api_version < _OLDEST_API_VERSION:
-        raise ImdsError(
+        return Failure(
             400,
             "invalid_request",
             f"Invalid api-version; identity requests need {_OLDEST_API_VERSION} or later",
@@ -167,11 +102,11 @@ def parse_token_query(
 
 def parse_wanted_token(
     query: Mapping[str, str], tenant_id: str, default_client_id: str | None
-) -> TokenRequest | IdentityQuery:
+) -> TokenRequest | IdentityQuery | Failure:
     """The version-independent part of a token query, in IMDS's order: resource, then
     identity (IMDS's selector names; other protocols translate theirs first)."""
     if any(_UNDECODABLE in value for value in query.values()):
-        raise ImdsError(
+        return Failure(
             400,
             "invalid_request",
             "The query is not valid UTF-8 once percent-decoded",
@@ -179,22 +114,24 @@ def parse_wanted_token(
         )
     resource = query.get("resource", "").strip()
     if not resource:
-        raise ImdsError(
+        return Failure(
             400,
             "invalid_request",
             "Required query variable 'resource' is missing",
             reason="resource",
         )
     if len(resource) > _MAX_RESOURCE_LENGTH or not resource.isprintable() or " " in resource:
-        raise ImdsError(
+        return Failure(
             400, "invalid_resource", "The resource is not a valid URI", reason="resource"
         )
     selector = _selector_in(query)
+    if isinstance(selector, Failure):
+        return selector
     if selector is not None:
         return IdentityQuery(resource, tenant_id, selector)
     client_id = query.get("client_id", "").strip() or default_client_id
     if client_id is None:
-        raise ImdsError(
+        return Failure(
             400,
             "invalid_request",
             "Identity not found: no client_id in the request and AZURE_CLIENT_ID "
@@ -203,7 +140,7 @@ def parse_wanted_token(
             reason="identity_unknown",
         )
     if not is_client_id(client_id):
-        raise ImdsError(
+        return Failure(
             400,
             "invalid_request",
             "Identity not found: client_id must be an application (client) id, a GUID",
@@ -212,14 +149,14 @@ def parse_wanted_token(
     return TokenRequest(resource=resource, key=TokenKey(tenant_id, client_id, scope_for(resource)))
 
 
-def _selector_in(query: Mapping[str, str]) -> Selector | None:
+def _selector_in(query: Mapping[str, str]) -> Selector | Failure | None:
     """The one identity the query names other than by client id, if any."""
     named: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, value) -> as first given
     for param in ("client_id", *_SELECTORS):
         if value := query.get(param, "").strip():
             named.setdefault((_SELECTORS.get(param, param), value.lower()), (param, value))
     if len(named) > 1:
-        raise ImdsError(
+        return Failure(
             400,
             "invalid_request",
             "Give only one of client_id, object_id, msi_res_id (mi_res_id): the request "
@@ -234,42 +171,13 @@ def _selector_in(query: Mapping[str, str]) -> Selector | None:
     valid = is_object_id(value) if kind == "object_id" else is_resource_id(value)
     if not valid:
         shape = "a GUID" if kind == "object_id" else "an Azure resource id (/subscriptions/...)"
-        raise ImdsError(
+        return Failure(
             400,
             "invalid_request",
             f"Identity not found: {param} must be {shape}",
             reason="identity_unknown",
         )
     return Selector(kind, param, value)
-
-
-def selector_unresolved_here(selector: Selector) -> ImdsError:
-    """For endpoints that select identities by client id only."""
-    return ImdsError(
-        400,
-        "invalid_request",
-        f"Identity not found: {selector.param} is resolved on the IMDS token path only; "
-        "select the identity by client id here",
-        reason="identity_selector",
-    )
-
-
-def identity_not_found(selector: Selector, known: Sequence[str], unchecked: str) -> ImdsError:
-    """No identity of the pod has the selected id; `known` are the client ids whose ids
-    are known, `unchecked` says which could not be asked (empty when none)."""
-    checked = ", ".join(known) if known else "none"
-    return ImdsError(
-        400,
-        "invalid_request",
-        f"Identity not found: no identity of this pod has {selector.param} "
-        f"'{_clip(selector.value)}' (identities checked: {checked}{unchecked}); an id "
-        "its tokens do not carry can be mapped with --identity or IMDS_PROXY_IDENTITIES",
-        reason="identity_unknown",
-    )
-
-
-def _clip(value: str, limit: int = 300) -> str:
-    return value if len(value) <= limit else value[:limit] + "..."
 
 
 class TokenAnswer:
@@ -328,48 +236,30 @@ class TokenAnswer:
         self._token = token
 
 
-def error_for(exc: TokenError) -> ImdsError:
-    """The IMDS answer for a failure to get a token."""
-    if isinstance(exc, EntraRejected):
-        error = "invalid_resource" if exc.aadsts == "500011" else "invalid_request"
-        reason = f"rejected_aadsts{exc.aadsts}" if exc.aadsts else "rejected"
-        description = exc.description
-        if exc.aadsts in _UNKNOWN_IDENTITY_AADSTS:
-            description = "Identity not found: " + description  # the phrase SDKs look for
-        return ImdsError(400, error, description, reason=reason)
-    if isinstance(exc, EntraThrottled):  # Entra's 429, or the proxy's own new-token limit
-        return ImdsError(
-            429,
-            "too_many_requests",
-            exc.description,
-            retry_after=exc.retry_after,
-            reason=exc.kind,
+class ImdsProtocol:
+    """The token flow's adapter for IMDS (`proxy.tokenflow`): one dialect, no versions."""
+
+    def __init__(self, tenant_id: str, default_client_id: str | None) -> None:
+        self._tenant_id = tenant_id
+        self._default_client_id = default_client_id
+
+    def parse(
+        self, request: web.BaseRequest
+    ) -> tuple[ImdsProtocol, TokenRequest | IdentityQuery | Failure]:
+        return self, parse_token_query(request.query, self._tenant_id, self._default_client_id)
+
+    def refuse(self, request: web.BaseRequest) -> Refusal | None:
+        if request.method != "GET":
+            return METHOD_NOT_ALLOWED
+        return header_error(request.headers)
+
+    def refusal(self, failure: Failure) -> Refusal:
+        return refusal(failure)
+
+    def token_body(self, wanted: TokenRequest) -> TokenAnswer:
+        return TokenAnswer(wanted)
+
+    def log_fields(self, wanted: TokenRequest) -> str:
+        return json_field("client_id", wanted.key.client_id) + json_field(
+            "resource", wanted.resource
         )
-    if isinstance(exc, FederationPending):
-        # Transient by construction: SDKs retry a 5xx, while a 400 would be final for them.
-        return ImdsError(
-            503,
-            "temporarily_unavailable",
-            exc.description,
-            retry_after=exc.retry_after,
-            reason="federation_pending",
-        )
-    if isinstance(exc, EntraUnavailable):
-        return ImdsError(
-            503,
-            "temporarily_unavailable",
-            exc.description,
-            retry_after=TRANSIENT_RETRY_AFTER if exc.retry_after is None else exc.retry_after,
-            reason="unavailable",
-        )
-    if isinstance(exc, CredentialUnavailable):
-        return ImdsError(
-            503,
-            "temporarily_unavailable",
-            exc.description,
-            retry_after=TRANSIENT_RETRY_AFTER,
-            reason="credential",
-        )
-    return ImdsError(
-        500, "unknown_error", exc.description, retry_after=TRANSIENT_RETRY_AFTER, reason="internal"
-    )

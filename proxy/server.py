@@ -33,16 +33,19 @@ from aiohttp import web
 
 from proxy import __version__, logs
 from proxy.app import Proxy, ProxyHttp
+from proxy.appservice import AppServiceProtocol
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
 from proxy.counters import ExchangeMetrics, RequestMetrics
 from proxy.eventloop import running_loop_name
 from proxy.forward import Forwarder
 from proxy.identities import IdentityDirectory
+from proxy.imds import ImdsProtocol
 from proxy.listener import BoundedServer
 from proxy.logs import get_logger
 from proxy.requestlog import RequestLog
 from proxy.scrape import MetricsHttp
+from proxy.tokenflow import TokenFlow
 from proxy.tokens.cache import CachePolicy, TokenCache
 from proxy.tokens.deferred import DeferredExchange
 from proxy.tokens.errors import CredentialUnavailable
@@ -153,7 +156,14 @@ class ProxyServer:
     async def start(self) -> None:
         s = self.settings
         await self.forwarder.start()
-        handler = self.http = ProxyHttp(self.proxy, RequestLog(s.log_level, s.log_format))
+        # Both token protocols share one flow: one table of remembered queries, one cache.
+        handler = self.http = ProxyHttp(
+            self.proxy,
+            RequestLog(s.log_level, s.log_format),
+            TokenFlow(self.cache, self.identities, self.proxy.clock),
+            ImdsProtocol(s.tenant_id, s.client_id),
+            AppServiceProtocol.from_settings(s),
+        )
         server = self._token_server = BoundedServer(
             handler,
             name="token",

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy.appservice import V2017, V2019, AppServiceError, parse_query
+from proxy.answers import Refusal
+from proxy.appservice import V2017, V2019, Version, parse_query
+from proxy.failures import Failure, failure_for
 from proxy.identity_header import IdentityHeaderSecret
-from proxy.imds import error_for
+from proxy.query import IdentityQuery, Selector, TokenRequest
 from proxy.tokens.errors import EntraRejected, EntraThrottled, EntraUnavailable
 from proxy.tokens.model import AccessToken, TokenKey
 
@@ -20,23 +22,38 @@ TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 DEFAULT_CLIENT = "11111111-2222-3333-4444-555555555555"
 OTHER_CLIENT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 VAULT = "https://vault.azure.net"
+OBJECT_ID = "7e3a1c55-0c4f-4c41-9a27-5d0c2b7f1e99"
+RESOURCE_ID = (
+    "/subscriptions/1d2c3b4a-0000-4000-8000-000000000000/resourceGroups/rg/providers/"
+    "Microsoft.ManagedIdentity/userAssignedIdentities/app"
+)
 EXPIRES = 1_796_077_440  # 2026-11-30 22:24:00 UTC
 TOKEN = AccessToken("eyJ.header.sig", "Bearer", EXPIRES, EXPIRES + 3600, EXPIRES - 3600, 0.0)
 
 
-def rejects(query: dict[str, str]) -> tuple[AppServiceError, dict[str, object]]:
-    with pytest.raises(AppServiceError) as raised:
-        parse_query(query, TENANT, DEFAULT_CLIENT)
-    body = json.loads(raised.value.body)
+def wants(
+    query: dict[str, str], default_client_id: str | None = DEFAULT_CLIENT
+) -> tuple[Version, TokenRequest]:
+    version, wanted = parse_query(query, TENANT, default_client_id)
+    assert version is not None and isinstance(wanted, TokenRequest), wanted
+    return version, wanted
+
+
+def rejects(
+    query: dict[str, str], default_client_id: str | None = DEFAULT_CLIENT
+) -> tuple[Refusal, dict[str, object]]:
+    """The refusal as the caller gets it: in its version's shape, else in the current one."""
+    version, wanted = parse_query(query, TENANT, default_client_id)
+    assert isinstance(wanted, Failure), wanted
+    refusal = (version or V2019).refusal(wanted)
+    body = json.loads(refusal.body)
     assert isinstance(body, dict)
-    return raised.value, body
+    return refusal, body
 
 
 def test_2019_query_means_what_imds_would() -> None:
-    version, wanted = parse_query(
+    version, wanted = wants(
         {"api-version": "2019-08-01", "resource": VAULT, "client_id": OTHER_CLIENT},
-        TENANT,
-        DEFAULT_CLIENT,
     )
     assert version is V2019
     assert wanted.resource == VAULT
@@ -44,24 +61,18 @@ def test_2019_query_means_what_imds_would() -> None:
 
 
 def test_2017_selects_by_clientid_and_defaults_to_the_pod_identity() -> None:
-    version, wanted = parse_query(
+    version, wanted = wants(
         {"api-version": "2017-09-01", "resource": VAULT + "/", "clientid": OTHER_CLIENT},
-        TENANT,
-        DEFAULT_CLIENT,
     )
     assert version is V2017
     assert wanted.key.client_id == OTHER_CLIENT
     assert wanted.key.scope == VAULT + "//.default"  # trailing slash kept, as IMDS does
-    _, wanted = parse_query(
-        {"api-version": "2017-09-01", "resource": VAULT}, TENANT, DEFAULT_CLIENT
-    )
+    _, wanted = wants({"api-version": "2017-09-01", "resource": VAULT})
     assert wanted.key.client_id == DEFAULT_CLIENT
 
 
 def test_2019_render_is_app_services_shape_with_epoch_string() -> None:
-    _, wanted = parse_query(
-        {"api-version": "2019-08-01", "resource": VAULT}, TENANT, DEFAULT_CLIENT
-    )
+    _, wanted = wants({"api-version": "2019-08-01", "resource": VAULT})
     body = V2019.render(TOKEN, wanted)
     assert b" " not in body  # compact, one line
     decoded = json.loads(body)
@@ -74,9 +85,7 @@ def test_2019_render_is_app_services_shape_with_epoch_string() -> None:
 
 
 def test_2017_render_has_a_utc_date_that_the_sdk_parsers_read() -> None:
-    _, wanted = parse_query(
-        {"api-version": "2017-09-01", "resource": VAULT}, TENANT, DEFAULT_CLIENT
-    )
+    _, wanted = wants({"api-version": "2017-09-01", "resource": VAULT})
     decoded = json.loads(V2017.render(TOKEN, wanted))
     assert list(decoded) == ["access_token", "expires_on", "resource", "token_type"]
     assert decoded["expires_on"] == "11/30/2026 22:24:00 +00:00"
@@ -87,7 +96,7 @@ def test_2017_render_has_a_utc_date_that_the_sdk_parsers_read() -> None:
 
 def test_2017_date_is_zero_padded_for_early_dates() -> None:
     early = AccessToken("t", "Bearer", 1_560_999_478, 0, 0, 0)  # 2019-06-20 02:57:58 UTC
-    _, wanted = parse_query({"api-version": "2017-09-01", "resource": VAULT}, TENANT, OTHER_CLIENT)
+    _, wanted = wants({"api-version": "2017-09-01", "resource": VAULT}, OTHER_CLIENT)
     assert json.loads(V2017.render(early, wanted))["expires_on"] == "06/20/2019 02:57:58 +00:00"
 
 
@@ -121,30 +130,76 @@ def test_2019_refuses_the_2017_selector() -> None:
     assert err.status == 400 and "client_id" in str(body["message"])
 
 
+@pytest.mark.parametrize(
+    ("param", "value", "kind", "imds_param"),
+    [
+        ("principal_id", OBJECT_ID, "object_id", "object_id"),
+        ("object_id", OBJECT_ID, "object_id", "object_id"),
+        ("mi_res_id", RESOURCE_ID, "resource_id", "mi_res_id"),
+    ],
+)
+def test_2019_selectors_are_left_to_resolve_as_imds_ones(
+    param: str, value: str, kind: str, imds_param: str
+) -> None:
+    """They mean IMDS's object_id and mi_res_id: the token flow resolves them (never to
+    the default identity)."""
+    version, wanted = parse_query(
+        {"api-version": "2019-08-01", "resource": VAULT, param: value}, TENANT, DEFAULT_CLIENT
+    )
+    assert version is V2019
+    assert isinstance(wanted, IdentityQuery)
+    assert wanted.selector == Selector(kind, imds_param, value)
+    assert wanted.key_for(OTHER_CLIENT) == TokenKey(TENANT, OTHER_CLIENT, VAULT + "/.default")
+
+
+def test_principal_id_and_object_id_must_not_disagree() -> None:
+    """Both mean IMDS's object_id: two different ids are refused, never one picked."""
+    other = OBJECT_ID.replace("7e3a", "8f4b")
+    err, body = rejects(
+        {
+            "api-version": "2019-08-01",
+            "resource": VAULT,
+            "principal_id": OBJECT_ID,
+            "object_id": other,
+        }
+    )
+    assert err.status == 400 and err.failure.label == "identity_ambiguous"
+    assert "principal_id and object_id" in str(body["message"])
+    _, same = parse_query(
+        {
+            "api-version": "2019-08-01",
+            "resource": VAULT,
+            "principal_id": OBJECT_ID,
+            "object_id": OBJECT_ID.upper(),
+        },
+        TENANT,
+        DEFAULT_CLIENT,
+    )
+    assert isinstance(same, IdentityQuery) and same.selector.kind == "object_id"
+
+
 @pytest.mark.parametrize("selector", ["principal_id", "object_id", "mi_res_id"])
-def test_2019_selectors_mean_the_imds_ones(selector: str) -> None:
-    """They resolve as IMDS resolves object_id / mi_res_id (not supported yet: Identity not
-    found, a 400, never the default identity)."""
+def test_malformed_2019_selectors_are_identity_not_found(selector: str) -> None:
     err, body = rejects({"api-version": "2019-08-01", "resource": VAULT, selector: "x"})
+    assert err.status == 400
+    assert set(body) == {"statusCode", "message"}
+    assert str(body["message"]).startswith("Identity not found")
+
+
+def test_no_identity_at_all_is_identity_not_found() -> None:
+    err, body = rejects({"api-version": "2019-08-01", "resource": VAULT}, None)
     assert err.status == 400
     assert "Identity not found" in str(body["message"])
 
 
-def test_no_identity_at_all_is_identity_not_found() -> None:
-    with pytest.raises(AppServiceError) as raised:
-        parse_query({"api-version": "2019-08-01", "resource": VAULT}, TENANT, None)
-    assert raised.value.status == 400
-    assert "Identity not found" in json.loads(raised.value.body)["message"]
-
-
 def test_token_failures_keep_their_status_and_retry_after() -> None:
-    throttled = V2019.from_imds(error_for(EntraThrottled("slow down", retry_after=7)))
+    throttled = V2019.refusal(failure_for(EntraThrottled("slow down", retry_after=7)))
     assert throttled.status == 429 and throttled.headers["Retry-After"] == "7"
-    down = V2017.from_imds(error_for(EntraUnavailable("Entra ID unreachable", retry_after=2)))
+    down = V2017.refusal(failure_for(EntraUnavailable("Entra ID unreachable", retry_after=2)))
     assert down.status == 503 and down.headers["Retry-After"] == "2"
     assert json.loads(down.body)["ExceptionMessage"] == "Entra ID unreachable"
-    rejected = V2019.from_imds(
-        error_for(
+    rejected = V2019.refusal(
+        failure_for(
             EntraRejected("invalid_resource", "AADSTS500011: no such resource", "500011", 400)
         )
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from proxy import imds
+from proxy.failures import failure_for
 from proxy.tokens import cache as cache_module
 from proxy.tokens.cache import CachePolicy, TokenCache
 from proxy.tokens.errors import (
@@ -559,7 +559,7 @@ async def test_throttling_blocks_until_retry_after_and_replays_the_remainder(
     with pytest.raises(EntraThrottled) as replayed:
         await cache.get(KEY)
     assert replayed.value.retry_after == pytest.approx(20.0)
-    assert imds.error_for(replayed.value).headers["Retry-After"] == "20"
+    assert failure_for(replayed.value).retry_after_header() == "20"
     clock.now = T0 + 29.5
     with pytest.raises(EntraThrottled) as late:
         await cache.get(KEY)

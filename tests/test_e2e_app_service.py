@@ -255,3 +255,44 @@ def test_secret_from_a_file(fake_entra: FakeEntra, tmp_path: Path) -> None:
     assert SECRET not in proxy.log_text()
     ready = [line for line in proxy.logs() if line["event"] == "App Service endpoint serves tokens"]
     assert [line["secret"] for line in ready] == ["--identity-header-file"]
+
+
+def test_identity_selectors_resolve_as_on_the_imds_path(
+    proxy: ProxyProcess, fake_entra: FakeEntra
+) -> None:
+    """2019-08-01's `principal_id`/`object_id` and `mi_res_id` select an identity as IMDS's
+    `object_id` and `mi_res_id` do: by the ids its tokens carry, never the default's."""
+    url = f"{proxy.base}/msi/token"
+    headers = {"X-IDENTITY-HEADER": SECRET}
+
+    def get(**selector: str) -> requests.Response:
+        query = {"api-version": "2019-08-01", "resource": ARM, **selector}
+        return requests.get(url, params=query, headers=headers, timeout=20)
+
+    second_oid = fake_entra.object_id(SECOND_CLIENT_ID)
+    unknown = get(principal_id=second_oid)
+    assert unknown.status_code == 400
+    assert set(unknown.json()) == {"statusCode", "message"}
+    assert unknown.json()["message"].startswith("Identity not found")
+    by_oid = get(object_id=fake_entra.object_id())
+    assert by_oid.status_code == 200, by_oid.text
+    assert by_oid.json()["client_id"] == fake_entra.info.client_id
+    assert claims(by_oid.json()["access_token"])["oid"] == fake_entra.object_id()
+    arm_spelling = fake_entra.resource_id().replace("/resourcegroups/", "/resourceGroups/")
+    by_resource = get(mi_res_id=arm_spelling)
+    assert by_resource.status_code == 200, by_resource.text
+    assert by_resource.json()["access_token"] == by_oid.json()["access_token"]
+    # A request by client id teaches the proxy that identity's ids; the selector that
+    # was not found a moment ago now means it.
+    assert get(client_id=SECOND_CLIENT_ID).status_code == 200
+    learned = get(principal_id=second_oid)
+    assert learned.status_code == 200, learned.text
+    assert claims(learned.json()["access_token"])["appid"] == SECOND_CLIENT_ID
+    by_client = fake_entra.stats()["token_requests"]["by_client_id"]
+    assert by_client == {fake_entra.info.client_id: 1, SECOND_CLIENT_ID: 1}
+    proxy.stop()
+    lines = token_lines(proxy)
+    assert [line["status"] for line in lines] == [400, 200, 200, 200, 200]
+    assert {line["event"] for line in lines} == {"received app service token request"}
+    assert lines[0]["error"] == "identity_unknown"
+    assert lines[-1]["client_id"] == SECOND_CLIENT_ID

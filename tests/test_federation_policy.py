@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from proxy import imds
+from proxy.answers import Refusal
+from proxy.failures import failure_for
 from proxy.tokens import cache as cache_module
 from proxy.tokens import federation
 from proxy.tokens.cache import CachePolicy, TokenCache
@@ -79,16 +81,16 @@ def make_cache(
     return TokenCache(exchange, CachePolicy(**policy), clock=clock, rand=lambda: 0.5, sleep=sleep)
 
 
-async def answer(cache: TokenCache, key: TokenKey = KEY) -> imds.ImdsError:
+async def answer(cache: TokenCache, key: TokenKey = KEY) -> Refusal:
     """The IMDS error an app gets for `key` (the test fails if a token comes back)."""
     with pytest.raises(TokenError) as caught:
         await cache.fetch(key)
-    return imds.error_for(caught.value)
+    return imds.refusal(failure_for(caught.value))
 
 
-def description(err: imds.ImdsError) -> str:
+def description(err: Refusal) -> str:
     body = json.loads(err.body)
-    assert body["error"] == err.error
+    assert body["error"] == err.failure.code
     text: str = body["error_description"]
     return text
 
@@ -102,7 +104,7 @@ async def test_inside_the_window_no_matching_credential_is_503_with_retry_after(
     cache = make_cache(exchange, clock, sleep)
     exchange.failure = rejection("no_matching_credential")
     err = await answer(cache)
-    assert (err.status, err.error) == (503, "temporarily_unavailable")
+    assert (err.status, err.failure.code) == (503, "temporarily_unavailable")
     assert err.headers["Retry-After"] == "5"
     text = description(err)
     assert "not effective yet" in text
@@ -166,7 +168,7 @@ async def test_after_the_window_it_is_retried_once_then_400_explained(
     clock.advance(WINDOW)
     calls = len(exchange.calls)
     err = await answer(cache)
-    assert (err.status, err.error) == (400, "invalid_request")
+    assert (err.status, err.failure.code) == (400, "invalid_request")
     assert len(exchange.calls) == calls + 2, "one retry before it counts"
     assert sleep.delays == [1.0]
     text = description(err)
@@ -232,7 +234,7 @@ async def test_other_causes_are_final_at_once_after_one_retry(
     cache = make_cache(exchange, clock, sleep)
     exchange.failure = rejection(cause)
     inside = await answer(cache)
-    assert (inside.status, inside.error) == (400, "invalid_request")
+    assert (inside.status, inside.failure.code) == (400, "invalid_request")
     assert len(exchange.calls) == 2 and sleep.delays == [1.0]
     text = description(inside)
     assert f"AADSTS{CODE_OF[cause]}" in text and "Fix: " in text
@@ -265,4 +267,4 @@ def test_every_documented_code_has_one_cause() -> None:
 
 def test_pending_answers_cap_retry_after() -> None:
     pending = FederationPending("x", 3600.0, "no_matching_credential", "70021", "fix it")
-    assert imds.error_for(pending).headers["Retry-After"] == "60"
+    assert imds.refusal(failure_for(pending)).headers["Retry-After"] == "60"

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from proxy.failures import Failure
 from proxy.identities import MAX_LEARNED, IdentityDirectory, identity_claims
 from proxy.identity_ids import IdentitySpec
-from proxy.imds import IdentityQuery, ImdsError, Selector
+from proxy.query import IdentityQuery, Selector, TokenRequest
 from proxy.tokens.errors import EntraRejected, EntraThrottled, EntraUnavailable, TokenError
 from proxy.tokens.model import AccessToken, TokenKey
 from tests.jwt_claims import unsigned
@@ -57,14 +58,28 @@ def query(kind: str, value: str, param: str | None = None) -> IdentityQuery:
     return IdentityQuery(RESOURCE, TENANT, Selector(kind, param or kind, value))
 
 
+async def resolve(
+    directory: IdentityDirectory, wanted: IdentityQuery, entra: FakeEntra
+) -> TokenRequest:
+    request = await directory.resolve(wanted, entra.fetch)
+    assert isinstance(request, TokenRequest), request
+    return request
+
+
+async def refuse(directory: IdentityDirectory, wanted: IdentityQuery, entra: FakeEntra) -> Failure:
+    failure = await directory.resolve(wanted, entra.fetch)
+    assert isinstance(failure, Failure), failure
+    return failure
+
+
 async def test_a_selector_is_resolved_by_one_exchange_for_the_default_identity() -> None:
     directory = IdentityDirectory(DEFAULT, [])
     entra = FakeEntra(directory)
-    request = await directory.resolve(query("object_id", object_id(DEFAULT)), entra.fetch)
+    request = await resolve(directory, query("object_id", object_id(DEFAULT)), entra)
     assert request.key == TokenKey(TENANT, DEFAULT, RESOURCE + "/.default")
     assert request.resource == RESOURCE
     assert entra.calls == [request.key], "the exchange was for the requested resource"
-    again = await directory.resolve(query("object_id", object_id(DEFAULT).upper()), entra.fetch)
+    again = await resolve(directory, query("object_id", object_id(DEFAULT).upper()), entra)
     assert again == request
     assert len(entra.calls) == 1, "learned once, then known"
 
@@ -73,7 +88,7 @@ async def test_resource_ids_compare_case_insensitively_as_arm_does() -> None:
     directory = IdentityDirectory(DEFAULT, [])
     entra = FakeEntra(directory)
     arm_spelling = resource_id(DEFAULT).replace("resourcegroups", "resourceGroups").upper()
-    request = await directory.resolve(query("resource_id", arm_spelling, "mi_res_id"), entra.fetch)
+    request = await resolve(directory, query("resource_id", arm_spelling, "mi_res_id"), entra)
     assert request.key.client_id == DEFAULT
 
 
@@ -81,9 +96,9 @@ async def test_mapped_identities_are_learned_too_and_mappings_need_no_exchange()
     spec = IdentitySpec(MAPPED, resource_id=MIRID + "not-in-any-token")
     directory = IdentityDirectory(DEFAULT, [spec])
     entra = FakeEntra(directory)
-    mapped = await directory.resolve(query("resource_id", spec.resource_id or ""), entra.fetch)
+    mapped = await resolve(directory, query("resource_id", spec.resource_id or ""), entra)
     assert mapped.key.client_id == MAPPED and entra.calls == []
-    learned = await directory.resolve(query("object_id", object_id(MAPPED)), entra.fetch)
+    learned = await resolve(directory, query("object_id", object_id(MAPPED)), entra)
     assert learned.key.client_id == MAPPED
     assert {k.client_id for k in entra.calls} == {DEFAULT, MAPPED}
 
@@ -92,7 +107,7 @@ async def test_tokens_of_any_exchange_teach_their_ids() -> None:
     directory = IdentityDirectory(None, [])
     directory.learn(MAPPED, token_for(MAPPED))  # a request that named client_id=MAPPED
     entra = FakeEntra(directory)
-    request = await directory.resolve(query("object_id", object_id(MAPPED)), entra.fetch)
+    request = await resolve(directory, query("object_id", object_id(MAPPED)), entra)
     assert request.key.client_id == MAPPED and entra.calls == []
 
 
@@ -100,14 +115,12 @@ async def test_an_unknown_selector_is_identity_not_found_after_learning_all() ->
     directory = IdentityDirectory(DEFAULT, [IdentitySpec(MAPPED)])
     entra = FakeEntra(directory)
     unknown = "99999999-8888-4777-8666-555555555555"
-    with pytest.raises(ImdsError) as raised:
-        await directory.resolve(query("object_id", unknown), entra.fetch)
-    assert raised.value.status == 400
-    assert raised.value.description.startswith("Identity not found")
-    assert unknown in raised.value.description
-    assert DEFAULT in raised.value.description and MAPPED in raised.value.description
-    with pytest.raises(ImdsError):
-        await directory.resolve(query("object_id", unknown), entra.fetch)
+    failure = await refuse(directory, query("object_id", unknown), entra)
+    assert failure.status == 400
+    assert failure.description.startswith("Identity not found")
+    assert unknown in failure.description
+    assert DEFAULT in failure.description and MAPPED in failure.description
+    await refuse(directory, query("object_id", unknown), entra)
     assert len(entra.calls) == 2, "each configured identity is learned once"
 
 
@@ -115,12 +128,11 @@ async def test_an_identity_entra_rejects_is_named_and_asked_again_next_time() ->
     directory = IdentityDirectory(DEFAULT, [IdentitySpec(MAPPED)])
     entra = FakeEntra(directory)
     entra.failures[MAPPED] = EntraRejected("invalid_client", "AADSTS70021: no match", "70021", 400)
-    with pytest.raises(ImdsError) as raised:
-        await directory.resolve(query("object_id", object_id(MAPPED)), entra.fetch)
-    assert raised.value.status == 400
-    assert f"{MAPPED} could not be asked: AADSTS70021" in raised.value.description
+    failure = await refuse(directory, query("object_id", object_id(MAPPED)), entra)
+    assert failure.status == 400
+    assert f"{MAPPED} could not be asked: AADSTS70021" in failure.description
     del entra.failures[MAPPED]
-    request = await directory.resolve(query("object_id", object_id(MAPPED)), entra.fetch)
+    request = await resolve(directory, query("object_id", object_id(MAPPED)), entra)
     assert request.key.client_id == MAPPED
 
 
@@ -134,26 +146,24 @@ async def test_a_transient_failure_while_learning_is_never_a_400(
     directory = IdentityDirectory(DEFAULT, [])
     entra = FakeEntra(directory)
     entra.failures[DEFAULT] = failure
-    with pytest.raises(ImdsError) as raised:
-        await directory.resolve(query("object_id", object_id(DEFAULT)), entra.fetch)
-    assert raised.value.status == status
-    assert 1 <= int(raised.value.headers["Retry-After"]) <= 60
+    answer = await refuse(directory, query("object_id", object_id(DEFAULT)), entra)
+    assert answer.status == status
+    assert 1 <= int(answer.retry_after_header() or 0) <= 60
 
 
 async def test_a_match_beats_another_identitys_outage() -> None:
     directory = IdentityDirectory(DEFAULT, [IdentitySpec(MAPPED)])
     entra = FakeEntra(directory)
     entra.failures[DEFAULT] = EntraUnavailable("down")
-    request = await directory.resolve(query("object_id", object_id(MAPPED)), entra.fetch)
+    request = await resolve(directory, query("object_id", object_id(MAPPED)), entra)
     assert request.key.client_id == MAPPED
 
 
 async def test_without_any_identity_a_selector_is_not_found_at_once() -> None:
     directory = IdentityDirectory(None, [])
     entra = FakeEntra(directory)
-    with pytest.raises(ImdsError) as raised:
-        await directory.resolve(query("object_id", object_id(DEFAULT)), entra.fetch)
-    assert raised.value.status == 400 and "checked: none" in raised.value.description
+    failure = await refuse(directory, query("object_id", object_id(DEFAULT)), entra)
+    assert failure.status == 400 and "checked: none" in failure.description
     assert entra.calls == []
 
 

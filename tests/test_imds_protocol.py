@@ -9,16 +9,10 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy import imds
-from proxy.imds import (
-    IdentityQuery,
-    ImdsError,
-    Selector,
-    TokenAnswer,
-    TokenRequest,
-    error_for,
-    header_error,
-    parse_token_query,
-)
+from proxy.answers import Refusal
+from proxy.failures import TRANSIENT_RETRY_AFTER, Failure, failure_for
+from proxy.imds import TokenAnswer, header_error, parse_token_query
+from proxy.query import IdentityQuery, Selector, TokenRequest, scope_for
 from proxy.tokens.errors import (
     CredentialUnavailable,
     EntraRejected,
@@ -55,12 +49,13 @@ def parse_any(
     hdrs: Mapping[str, str] | None = None,
     qs: Mapping[str, str] | None = None,
     default_client_id: str | None = DEFAULT_CLIENT,
-) -> TokenRequest | IdentityQuery:
+) -> TokenRequest | IdentityQuery | Refusal:
     """What the proxy does per request: the headers first, then the query."""
     refused = header_error(headers() if hdrs is None else hdrs)
     if refused is not None:
-        raise refused
-    return parse_token_query(query() if qs is None else qs, TENANT, default_client_id)
+        return refused
+    wanted = parse_token_query(query() if qs is None else qs, TENANT, default_client_id)
+    return imds.refusal(wanted) if isinstance(wanted, Failure) else wanted
 
 
 def parse(
@@ -77,13 +72,18 @@ def rejects(
     hdrs: Mapping[str, str] | None = None,
     qs: Mapping[str, str] | None = None,
     default_client_id: str | None = DEFAULT_CLIENT,
-) -> ImdsError:
-    with pytest.raises(ImdsError) as raised:
-        parse_any(hdrs, qs, default_client_id)
-    return raised.value
+) -> Refusal:
+    refused = parse_any(hdrs, qs, default_client_id)
+    assert isinstance(refused, Refusal)
+    return refused
 
 
-def body_of(error: ImdsError) -> dict[str, str]:
+def error_for(exc: TokenError) -> Refusal:
+    """A token failure as IMDS answers it."""
+    return imds.refusal(failure_for(exc))
+
+
+def body_of(error: Refusal) -> dict[str, str]:
     decoded = json.loads(error.body)
     assert isinstance(decoded, dict)
     assert set(decoded) == {"error", "error_description"}
@@ -130,7 +130,7 @@ def test_metadata_header_name_is_case_insensitive() -> None:
 
 def test_metadata_header_is_checked_before_the_query() -> None:
     error = rejects(CIMultiDict[str](), {})
-    assert error.description == "Required metadata header not specified"
+    assert error.failure.description == "Required metadata header not specified"
 
 
 def test_proxied_requests_are_refused() -> None:
@@ -159,7 +159,7 @@ def test_missing_or_bad_api_version_is_400_naming_it(version: str | None) -> Non
     error = rejects(qs=qs)
     assert error.status == 400
     assert body_of(error)["error"] == "invalid_request"
-    assert "api-version" in error.description
+    assert "api-version" in error.failure.description
 
 
 @pytest.mark.parametrize("resource", [None, "", "   "])
@@ -172,7 +172,7 @@ def test_missing_resource_is_400_naming_it(resource: str | None) -> None:
     error = rejects(qs=qs)
     assert error.status == 400
     assert body_of(error)["error"] == "invalid_request"
-    assert "resource" in error.description
+    assert "resource" in error.failure.description
 
 
 @pytest.mark.parametrize(
@@ -228,14 +228,17 @@ def test_other_identity_selectors_leave_the_identity_to_resolve(
 def test_malformed_selectors_are_identity_not_found(param: str, value: str) -> None:
     error = rejects(qs=query(**{param: value}))
     assert (error.status, body_of(error)["error"]) == (400, "invalid_request")
-    assert error.description.startswith("Identity not found") and param in error.description
+    assert (
+        error.failure.description.startswith("Identity not found")
+        and param in error.failure.description
+    )
 
 
 def test_two_identity_parameters_are_400_unless_they_say_the_same() -> None:
     error = rejects(qs=query(client_id=OTHER_CLIENT, object_id=DEFAULT_CLIENT))
     assert (error.status, body_of(error)["error"]) == (400, "invalid_request")
-    assert "client_id and object_id" in error.description
-    assert "Identity not found" not in error.description
+    assert "client_id and object_id" in error.failure.description
+    assert "Identity not found" not in error.failure.description
     same = parse_any(qs=query(msi_res_id=RESOURCE_ID, mi_res_id=RESOURCE_ID.upper()))
     assert isinstance(same, IdentityQuery) and same.selector.param == "msi_res_id"
 
@@ -248,14 +251,14 @@ def test_no_client_id_and_no_default_is_identity_not_found() -> None:
     error = rejects(default_client_id=None)
     assert error.status == 400
     assert body_of(error)["error"] == "invalid_request"
-    assert error.description.startswith("Identity not found")
+    assert error.failure.description.startswith("Identity not found")
 
 
 @pytest.mark.parametrize("client_id", ["not-a-guid", "1234", OTHER_CLIENT + "0", "   x"])
 def test_non_guid_client_id_is_identity_not_found(client_id: str) -> None:
     error = rejects(qs=query(client_id=client_id))
     assert error.status == 400
-    assert error.description.startswith("Identity not found")
+    assert error.failure.description.startswith("Identity not found")
 
 
 def test_client_id_from_the_query_overrides_the_default() -> None:
@@ -279,7 +282,7 @@ def test_client_id_in_the_query_needs_no_default() -> None:
     ],
 )
 def test_scope_for(resource: str, scope: str) -> None:
-    assert imds.scope_for(resource) == scope
+    assert scope_for(resource) == scope
     assert parse(qs=query(resource=resource)).key.scope == scope
 
 
@@ -405,7 +408,7 @@ def test_unavailable_is_503_with_retry_after_when_known(retry_after: float, head
 def test_unavailable_without_retry_after_is_503_with_a_small_one() -> None:
     error = error_for(EntraUnavailable("Entra ID timed out"))
     assert error.status == 503
-    assert error.headers["Retry-After"] == str(imds.TRANSIENT_RETRY_AFTER)
+    assert error.headers["Retry-After"] == str(TRANSIENT_RETRY_AFTER)
 
 
 @pytest.mark.parametrize("error_type", [EntraThrottled, EntraUnavailable])
@@ -421,12 +424,12 @@ def test_entra_saying_no_such_identity_is_identity_not_found(aadsts: str) -> Non
     description = f"AADSTS{aadsts}: no such application or federated credential"
     error = error_for(EntraRejected("invalid_client", description, aadsts, 400))
     assert error.status == 400
-    assert error.description == "Identity not found: " + description
+    assert error.failure.description == "Identity not found: " + description
 
 
 def test_other_rejections_do_not_claim_identity_not_found() -> None:
     error = error_for(EntraRejected("invalid_resource", "AADSTS500011: no resource", "500011", 400))
-    assert "Identity not found" not in error.description
+    assert "Identity not found" not in error.failure.description
 
 
 def test_credential_unavailable_is_a_retryable_5xx() -> None:
@@ -450,5 +453,5 @@ def test_error_kinds_map_to_distinct_reasons() -> None:
         EntraUnavailable("x"),
         CredentialUnavailable("x"),
     ]
-    reasons = [error_for(e).reason for e in errors]
+    reasons = [failure_for(e).label for e in errors]
     assert len(set(reasons)) == len(reasons)

@@ -18,7 +18,7 @@ import requests
 
 from proxy import config
 from proxy.assertion import AssertionSource, ServiceAccountToken
-from proxy.imds import scope_for
+from proxy.query import scope_for
 from proxy.tokens.entra import EntraExchange
 from proxy.tokens.errors import (
     CredentialUnavailable,

@@ -1,13 +1,15 @@
 """The few ways getting a token can fail.
 
 Failures are typed so that each layer decides by kind, not by parsing text: the cache
-chooses its retry policy from the class, and `proxy.imds` alone turns a class into an
-HTTP status and an IMDS error body. Messages never carry a token or an assertion.
+chooses its retry policy from the class, and `proxy.failures` alone turns a class into
+an HTTP status and a description that each protocol renders. Messages never carry a
+token or an assertion.
 """
 
 from __future__ import annotations
 
-from typing import Self
+import dataclasses
+from typing import Any, Self
 
 
 class TokenError(Exception):
@@ -15,7 +17,8 @@ class TokenError(Exception):
 
     A failure is remembered and handed to many callers, so it is never raised twice:
     `again` makes a fresh copy (raising one object repeatedly would chain every raiser's
-    frames, and the requests they hold, onto its traceback).
+    frames, and the requests they hold, onto its traceback). Each kind is a dataclass of
+    what it says, so the copy is a `dataclasses.replace`, not a constructor call by hand.
     """
 
     kind = "error"
@@ -24,29 +27,35 @@ class TokenError(Exception):
         super().__init__(description)
         self.description = description
 
+    def __post_init__(self) -> None:  # the kinds' dataclass __init__ ends here
+        Exception.__init__(self, self.description)  # str(error) is the description
+
     def again(self, retry_after: float | None = None) -> Self:
         """The same failure, new and without a traceback (`retry_after` where it applies)."""
-        return type(self)(self.description)
+        if not dataclasses.is_dataclass(self):
+            return type(self)(self.description)
+        changes: dict[str, Any] = {}
+        if retry_after is not None and hasattr(self, "retry_after"):
+            changes["retry_after"] = retry_after
+        copy: Self = dataclasses.replace(self, **changes)
+        return copy
 
 
+@dataclasses.dataclass(eq=False)
 class EntraRejected(TokenError):
     """Entra ID answered 4xx: the request or the identity's configuration is wrong.
 
     Retrying at once gives the same answer, so the cache remembers it briefly.
     """
 
+    error: str
+    description: str
+    aadsts: str | None
+    status: int
     kind = "rejected"
 
-    def __init__(self, error: str, description: str, aadsts: str | None, status: int) -> None:
-        super().__init__(description)
-        self.error = error
-        self.aadsts = aadsts
-        self.status = status
 
-    def again(self, retry_after: float | None = None) -> Self:
-        return type(self)(self.error, self.description, self.aadsts, self.status)
-
-
+@dataclasses.dataclass(eq=False)
 class FederationRejected(EntraRejected):
     """Entra ID rejected the federated assertion for a known cause (`proxy.tokens.federation`).
 
@@ -55,81 +64,39 @@ class FederationRejected(EntraRejected):
     effective yet.
     """
 
+    cause: str
+    fix: str
+    propagates: bool = False
     kind = "rejected"  # the cause, not the kind, tells federation classes apart
 
-    def __init__(
-        self,
-        error: str,
-        description: str,
-        aadsts: str | None,
-        status: int,
-        cause: str,
-        fix: str,
-        propagates: bool = False,
-    ) -> None:
-        super().__init__(error, description, aadsts, status)
-        self.cause = cause
-        self.fix = fix
-        self.propagates = propagates
 
-    def again(self, retry_after: float | None = None) -> Self:
-        return type(self)(
-            self.error,
-            self.description,
-            self.aadsts,
-            self.status,
-            self.cause,
-            self.fix,
-            self.propagates,
-        )
-
-
+@dataclasses.dataclass(eq=False)
 class FederationPending(TokenError):
     """A "no matching federated credential" rejection inside the propagation window:
     transient, so callers are told to retry after `retry_after` seconds."""
 
+    description: str
+    retry_after: float
+    cause: str
+    aadsts: str | None
+    fix: str
     kind = "federation_pending"
 
-    def __init__(
-        self, description: str, retry_after: float, cause: str, aadsts: str | None, fix: str
-    ) -> None:
-        super().__init__(description)
-        self.retry_after = retry_after
-        self.cause = cause
-        self.aadsts = aadsts
-        self.fix = fix
 
-    def again(self, retry_after: float | None = None) -> Self:
-        return type(self)(
-            self.description,
-            self.retry_after if retry_after is None else retry_after,
-            self.cause,
-            self.aadsts,
-            self.fix,
-        )
-
-
+@dataclasses.dataclass(eq=False)
 class _RetryLater(TokenError):
     """A transient failure that may say when to try again (`retry_after` seconds)."""
 
-    def __init__(self, description: str, retry_after: float | None = None) -> None:
-        super().__init__(description)
-        self.retry_after = retry_after
-
-    def again(self, retry_after: float | None = None) -> Self:
-        return type(self)(
-            self.description, self.retry_after if retry_after is None else retry_after
-        )
+    description: str
+    retry_after: float | None = None
 
 
+@dataclasses.dataclass(eq=False)
 class EntraThrottled(_RetryLater):
     """Entra ID answered 429: no call for this identity before `retry_after` seconds."""
 
-    kind = "throttled"
     retry_after: float
-
-    def __init__(self, description: str, retry_after: float) -> None:
-        super().__init__(description, retry_after)
+    kind = "throttled"
 
 
 class TooManyNewTokens(EntraThrottled):
@@ -145,6 +112,7 @@ class EntraUnavailable(_RetryLater):
     kind = "unavailable"
 
 
+@dataclasses.dataclass(eq=False)
 class CredentialUnavailable(TokenError):
     """The pod's service-account token is missing, empty, malformed or expired.
 
@@ -152,4 +120,5 @@ class CredentialUnavailable(TokenError):
     remembered: the next request looks at the file again.
     """
 
+    description: str
     kind = "credential"
