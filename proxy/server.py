@@ -174,7 +174,9 @@ class ProxyServer:
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         self._runners.append(runner)  # before binding: stop() cleans up even if that fails
-        self._token_site = web.TCPSite(runner, s.host, s.port)
+        # A burst of up to the cap waits in the kernel's accept queue, not in SYN retries
+        # (aiohttp's default backlog is 128): a caller is answered or refused, never stalled.
+        self._token_site = web.TCPSite(runner, s.host, s.port, backlog=TOKEN_MAX_CONNECTIONS)
         await self._token_site.start()
         # Listening: now the heavy imports, off the loop, while /readyz already answers.
         exchange = await self.exchange.load()
