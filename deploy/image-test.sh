@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end test of the two container images, for amd64 and arm64, each run as a "pod" on a
-# local Docker engine.
+# End-to-end test of the container images (sidecar, init and tools), for amd64 and arm64, the
+# first two run as a "pod" on a local Docker engine.
 #
 #   sudo bash deploy/image-test.sh        (or: make image-test)
 #
@@ -13,13 +13,17 @@
 #      python3-venv, ca-certificates; for a foreign architecture `--foreign` and the second
 #      stage under emulation) and loads it, because no image registry may be reachable; each
 #      base is cached as an image and as an archive in $IMAGE_CACHE_DIR, reused by later runs;
-#   3. builds Dockerfile.proxy and Dockerfile.init for each architecture on its base
+#   3. builds Dockerfile.proxy, Dockerfile.init and Dockerfile.tools for each architecture on
+#      its base
 #      (`--platform`; RUN steps of a foreign one run under emulation), giving the build the
 #      host's pip settings and CA bundle as BuildKit secrets so pip reaches the same package
 #      index as the host does, without either ending up in an image;
 #   4. checks each image: the contract (user, entrypoint, no shell, everything imports:
 #      deploy/image/check_image.py, what the image must not carry), every ELF file of the
 #      architecture with all it loads inside the image (deploy/image/elf_check.py), the size;
+#      the tools image's `imds-proxy webhook --help` and `inject --help`, and its webhook
+#      started as the Deployment starts it (uid 65532, read-only, no capabilities, a generated
+#      certificate, an API server that is not there): /healthz over TLS, /metrics, SIGTERM;
 #   5. assembles a multi-architecture image index per image (an OCI archive in
 #      $IMAGE_CACHE_DIR/index/, deploy/image/oci_index.py): one reference for both, which
 #      skopeo (installed if needed) must resolve to each architecture's image;
@@ -32,10 +36,11 @@
 #
 # Environment knobs:
 #   IMAGE_TEST_ARCHES="amd64 arm64"  the architectures to build and run (one alone: "arm64");
-#   IMAGE_TEST_BUILD_ONLY=1          build the host architecture's images only, tagged
-#                                    imds-proxy:image-test and imds-proxy-init:image-test, no
-#                                    pod; with IMAGE_EXPORT_DIR=DIR, `docker save` them to
-#                                    DIR/proxy.tar and DIR/init.tar (to load into a cluster);
+#   IMAGE_TEST_BUILD_ONLY=1          build the host architecture's proxy and init images only
+#                                    (not tools), tagged imds-proxy:image-test and
+#                                    imds-proxy-init:image-test, no pod; with
+#                                    IMAGE_EXPORT_DIR=DIR, `docker save` them to DIR/proxy.tar
+#                                    and DIR/init.tar (to load into a cluster);
 #   IMAGE_CACHE_DIR                  the base archives and indexes (/var/cache/imds-oidc-proxy-images);
 #   KEEP_IMAGES=0                    also remove the built images (the bases stay cached);
 #   REBUILD_BASE=1                   rebuild the base images.
@@ -66,8 +71,10 @@ fi
 base_image() { echo "imds-proxy-base:bookworm-$1"; }
 proxy_image() { echo "imds-proxy:image-test-$1"; }
 init_image() { echo "imds-proxy-init:image-test-$1"; }
+tools_image() { echo "imds-proxy-tools:image-test-$1"; }
 PROXY_IMAGE=imds-proxy:image-test
 INIT_IMAGE=imds-proxy-init:image-test
+TOOLS_IMAGE=imds-proxy-tools:image-test
 DEV_IMAGE=imds-proxy-dev:image-test
 APP_BASE_IMAGE=imds-proxy-base:bookworm
 
@@ -109,9 +116,10 @@ cleanup() {
         if [ "${KEEP_IMAGES:-1}" = 0 ]; then
             local arch
             for arch in $ARCHES; do
-                docker image rm "$(proxy_image "$arch")" "$(init_image "$arch")" >/dev/null 2>&1
+                docker image rm "$(proxy_image "$arch")" "$(init_image "$arch")" \
+                    "$(tools_image "$arch")" >/dev/null 2>&1
             done
-            docker image rm "$PROXY_IMAGE" "$INIT_IMAGE" >/dev/null 2>&1
+            docker image rm "$PROXY_IMAGE" "$INIT_IMAGE" "$TOOLS_IMAGE" >/dev/null 2>&1
         fi
     fi
     [ -z "$secrets_dir" ] || rm -rf "$secrets_dir"
@@ -379,9 +387,10 @@ build_image() {
 # --- 4. checks of each image ----------------------------------------------------------------
 # Cheap checks of the image contract before running anything.
 check_images() {
-    local arch=$1 proxy init
+    local arch=$1 proxy init tools
     proxy=$(proxy_image "$arch")
     init=$(init_image "$arch")
+    tools=$(tools_image "$arch")
     # The platform named on each run: the engine then neither warns (on stderr, which some
     # checks read) nor looks for another variant of the image.
     local label=(--label "imds-image-test=$RUN_ID" --platform "linux/$arch")
@@ -390,8 +399,12 @@ check_images() {
     [ "$user" = "1501:1501" ] || fail "proxy image user is '$user', expected 1501:1501"
     entrypoint=$(docker image inspect -f '{{json .Config.Entrypoint}}' "$proxy")
     [ "$entrypoint" = '["/proxy"]' ] || fail "proxy image entrypoint is $entrypoint"
+    user=$(docker image inspect -f '{{.Config.User}}' "$tools")
+    [ "$user" = "65532:65532" ] || fail "tools image user is '$user', expected 65532:65532"
+    entrypoint=$(docker image inspect -f '{{json .Config.Entrypoint}}' "$tools")
+    [ "$entrypoint" = '["imds-proxy"]' ] || fail "tools image entrypoint is $entrypoint"
     local image
-    for image in "$proxy" "$init"; do
+    for image in "$proxy" "$init" "$tools"; do
         # FROM scratch: there is no shell to start, so this must fail.
         if docker run --rm "${label[@]}" --entrypoint /bin/sh "$image" -c true >/dev/null 2>&1; then
             fail "$image starts /bin/sh"
@@ -399,9 +412,10 @@ check_images() {
         # No shell, installer or compiler anywhere, and every installed module imports
         # with the trimmed standard library (deploy/image/check_image.py).
         log "$image: checking from inside (deploy/image/check_image.py)"
-        local status=0
+        local status=0 uid=1501:1501
+        [ "$image" != "$tools" ] || uid=65532:65532
         docker run --rm "${label[@]}" --read-only --cap-drop ALL \
-            --user 1501:1501 --entrypoint python3 "$image" \
+            --user "$uid" --entrypoint python3 "$image" \
             -c "$(cat deploy/image/check_image.py)" 2>&1 | sed 's/^/    /' || status=$?
         [ "$status" = 0 ] || fail "$image: the check found what is listed above"
         # Every ELF file of this architecture, and everything it loads inside the image.
@@ -437,6 +451,28 @@ import importlib.util as u
 present = [m for m in ("proxy", "aiohttp", "msal", "cryptography", "ruamel") if u.find_spec(m)]
 assert not present, f"in the init image: {present}"
 ' || fail "the init image carries what it does not run"
+    # The tools image: both tools, nothing of the sidecar's server, the dev issuer or init.
+    docker run --rm "${label[@]}" --entrypoint python3 "$tools" -c '
+import importlib.util as u
+present = [m for m in ("proxy.devissuer", "init", "pyroute2", "proxy.server", "proxy.tokens",
+                       "proxy.doctor", "msal", "uvloop") if u.find_spec(m)]
+assert not present, f"in the tools image: {present}"
+' || fail "the tools image carries what it does not run"
+    local tool
+    for tool in webhook inject; do
+        # As the Deployment names it: the console script found on PATH.
+        out=$(docker run --rm "${label[@]}" --read-only --cap-drop ALL --entrypoint imds-proxy \
+            "$tools" "$tool" --help 2>&1) || fail "imds-proxy $tool --help in the tools image: $out"
+        [[ $out == *"imds-proxy $tool"* ]] || fail "imds-proxy $tool --help printed: $out"
+    done
+    status=0
+    out=$(docker run --rm "${label[@]}" --read-only --cap-drop ALL "$tools" --proxy-port=8000 2>&1) \
+        || status=$?
+    if [ "$status" != 2 ] || [ "$(wc -l <<<"$out")" != 1 ]; then
+        fail "the sidecar in the tools image: exit $status, '$out' (expected exit 2, one line)"
+    fi
+    log "    tools image: webhook and inject --help exit 0; the sidecar: $out"
+    check_webhook "$arch"
     for backend in nft legacy; do
         status=0
         out=$(docker run --rm "${label[@]}" --entrypoint "iptables-$backend" "$init" --version 2>&1) \
@@ -452,13 +488,67 @@ assert not present, f"in the init image: {present}"
     log "image contract checks passed for $arch"
 }
 
+# The tools image's webhook started the way deploy/webhook/deployment.yaml starts it, with a
+# certificate made here and service-account files for an API server that is not there: it
+# must serve /healthz over TLS with that certificate and /metrics, and stop on SIGTERM (0).
+check_webhook() {
+    local arch=$1 tools dir name
+    tools=$(tools_image "$arch")
+    dir="$LOG_DIR/webhook-$arch"
+    name="$RUN_ID-webhook-$arch"
+    mkdir -p "$dir/certs" "$dir/sa"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj /CN=imds-proxy-webhook -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$dir/certs/tls.key" -out "$dir/certs/tls.crt" 2>/dev/null \
+        || fail "openssl cannot make the webhook's test certificate"
+    cp "$dir/certs/tls.crt" "$dir/sa/ca.crt"
+    echo not-a-token >"$dir/sa/token"
+    chmod 755 "$dir" "$dir/certs" "$dir/sa"
+    chmod 644 "$dir"/certs/* "$dir"/sa/*
+    docker run -d --name "$name" --label "imds-image-test=$RUN_ID" --platform "linux/$arch" \
+        --read-only --cap-drop ALL --security-opt no-new-privileges --network none \
+        -e KUBERNETES_SERVICE_HOST=127.0.0.1 -e KUBERNETES_SERVICE_PORT=1 \
+        -v "$dir/certs:/etc/webhook/certs:ro" \
+        -v "$dir/sa:/var/run/secrets/kubernetes.io/serviceaccount:ro" \
+        --entrypoint imds-proxy "$tools" webhook --port=9443 --metrics-port=8095 \
+        --tls-cert-file=/etc/webhook/certs/tls.crt --tls-key-file=/etc/webhook/certs/tls.key \
+        --tenant-id=00000000-0000-0000-0000-0000000000aa >/dev/null
+    local patience=30 answered=""
+    [ "$arch" = "$HOST_ARCH" ] || patience=120
+    for _ in $(seq "$patience"); do
+        if answered=$(docker exec "$name" python3 -c '
+import ssl, urllib.request
+context = ssl.create_default_context(cafile="/etc/webhook/certs/tls.crt")
+with urllib.request.urlopen("https://127.0.0.1:9443/healthz", context=context, timeout=5) as r:
+    health = r.status
+with urllib.request.urlopen("http://127.0.0.1:8095/metrics", timeout=5) as r:
+    metrics = r.read().decode()
+assert "imds_proxy_webhook_certificate_not_after_timestamp_seconds" in metrics
+print(f"/healthz {health} over TLS, /metrics {len(metrics.splitlines())} lines")
+' 2>/dev/null); then
+            break
+        fi
+        answered=""
+        docker container inspect -f '{{.State.Running}}' "$name" | grep -q true \
+            || fail "the webhook in the tools image exited"
+        sleep 1
+    done
+    [ -n "$answered" ] || fail "the webhook in the tools image did not answer within ${patience}s"
+    docker stop -t 20 "$name" >/dev/null
+    local code
+    code=$(docker inspect -f '{{.State.ExitCode}}' "$name")
+    [ "$code" = 0 ] || fail "the webhook in the tools image stopped with $code on SIGTERM"
+    docker rm "$name" >/dev/null
+    log "    tools image, the webhook as deployed (uid 65532, read-only): $answered; SIGTERM: exit 0"
+}
+
 # --- 5. one index per image ---------------------------------------------------------------
 # The per-architecture images of each, as one multi-architecture image index (OCI archive).
 assemble_indexes() {
     local dir="$IMAGE_CACHE_DIR/index" name arch saved
     mkdir -p "$dir"
     command -v skopeo >/dev/null 2>&1 || apt_install skopeo
-    for name in proxy init; do
+    for name in proxy init tools; do
         saved=()
         for arch in $ARCHES; do
             docker save -o "$LOG_DIR/$name-$arch.tar" "$("${name}_image" "$arch")"
@@ -644,17 +734,20 @@ print(f"    access_token: {len(token)} characters")
 # the same for every architecture.
 PROXY_LIMIT_MB=80
 INIT_LIMIT_MB=40
+TOOLS_LIMIT_MB=75
 report_sizes() {
     local image size limit over="" arch
     local images=()
     for arch in $ARCHES; do
         images+=("$(base_image "$arch")" "$(proxy_image "$arch")" "$(init_image "$arch")")
+        [ "$BUILD_ONLY" = 1 ] || images+=("$(tools_image "$arch")")
     done
     for image in "${images[@]}"; do
         size=$(docker image inspect -f '{{.Size}}' "$image")
         case $image in
             imds-proxy:*) limit=$PROXY_LIMIT_MB ;;
             imds-proxy-init:*) limit=$INIT_LIMIT_MB ;;
+            imds-proxy-tools:*) limit=$TOOLS_LIMIT_MB ;;
             *) limit="" ;;
         esac
         log "$(awk -v i="$image" -v s="$size" -v l="$limit" 'BEGIN {
@@ -688,6 +781,7 @@ write_pip_secrets
 for arch in $ARCHES; do
     build_image "$arch" Dockerfile.proxy "$(proxy_image "$arch")"
     build_image "$arch" Dockerfile.init "$(init_image "$arch")"
+    [ "$BUILD_ONLY" = 1 ] || build_image "$arch" Dockerfile.tools "$(tools_image "$arch")"
 done
 if [ "$BUILD_ONLY" != 1 ] && [[ " $ARCHES " != *" $HOST_ARCH "* ]]; then
     # The foreign pod's redirect is installed by the host's init image (see run_pod).
@@ -697,6 +791,7 @@ fi
 if [[ " $ARCHES " == *" $HOST_ARCH "* ]]; then
     docker tag "$(proxy_image "$HOST_ARCH")" "$PROXY_IMAGE"
     docker tag "$(init_image "$HOST_ARCH")" "$INIT_IMAGE"
+    [ "$BUILD_ONLY" = 1 ] || docker tag "$(tools_image "$HOST_ARCH")" "$TOOLS_IMAGE"
 fi
 report_sizes
 if [ "$BUILD_ONLY" = 1 ]; then

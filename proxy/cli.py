@@ -7,7 +7,8 @@ name, one line of help and where their `main(argv)` lives; each owns its parser 
 
 The sidecar image installs the sidecar, doctor and report only; `dev` (the dev issuer),
 `inject` and `webhook` are parts of other installs (pyproject.toml's extras and image
-table), so where their package is missing the command says so in one line and exits 2.
+table), so where their package is missing the command says so in one line and exits 2. The
+tools image has `inject` and `webhook` but not the sidecar: there a run says so the same way.
 
 Exit codes: 0 normal stop or probe success, 1 probe failure, 2 bad configuration or
 arguments (one line naming the setting, no traceback) or a command this install lacks.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import time
@@ -73,14 +75,20 @@ def _command(name: str) -> Callable[[list[str]], int]:
     try:
         found: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
     except ModuleNotFoundError as exc:
-        extra = EXTRAS.get(name, name)
-        print(
-            f"imds-proxy {name}: not installed here ({exc.name} is missing); it is part of"
-            f" another install (from a checkout: pip install '.[{extra}]')",
-            file=sys.stderr,
-        )
+        not_installed(name, exc.name)
         return lambda _argv: 2
     return found
+
+
+def not_installed(name: str, missing: str | None) -> None:
+    """The one line for a command whose modules this install (an image) does not have."""
+    extra = EXTRAS.get(name)
+    where = f"'.[{extra}]'" if extra else "."
+    print(
+        f"imds-proxy {name}: not installed here ({missing} is missing); it is part of"
+        f" another install (from a checkout: pip install {where})",
+        file=sys.stderr,
+    )
 
 
 def run_sidecar(argv: Sequence[str]) -> int:
@@ -92,6 +100,9 @@ def run_sidecar(argv: Sequence[str]) -> int:
 def sidecar(parsed: argparse.Namespace) -> int:
     if parsed.probe:
         return probe(parsed.proxy_port)
+    if importlib.util.find_spec("proxy.server") is None:  # the tools image: no sidecar
+        not_installed("run", "proxy.server")
+        return 2
     try:
         settings = config.load(parsed, os.environ)
     except config.ConfigError as exc:

@@ -6,11 +6,13 @@ requirements, and deploy/image/distribution.py turns an entry into the image's w
 - statically, every import in those packages (at load time and inside functions) resolves
   to a module of the image's packages, the standard library or a distribution its
   requirements bring; the only ways out are the CLI's optional subcommands, listed below;
-- for real, the proxy serves a token and the init program runs with every other module made
-  unimportable (a ``sitecustomize`` finder), as in the image;
-- a subcommand whose package is not installed exits 2 with one line.
+- for real, the proxy serves a token, the init program runs and the webhook answers a review
+  with every other module made unimportable (a ``sitecustomize`` finder), as in the image;
+- a subcommand whose package is not installed exits 2 with one line (the sidecar itself
+  too, in the tools image).
 
-deploy/image-test.sh then checks the built images (check_image.py, and `/proxy inject`).
+deploy/image-test.sh then checks the built images (check_image.py, `/proxy inject`,
+`imds-proxy webhook --help` and `imds-proxy inject --help` in the tools image).
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ import requests
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from proxy.devissuer.pki import generate_tls_files
 from tests import image_scripts
 from tests.fake_entra import FakeEntra
+from tests.kube_stand_in import KubeStandIn
 from tests.netns import init_env, iptables_available, pod_network, requires_root, run_init
-from tests.proxy_process import running_proxy
+from tests.proxy_process import free_port, running_proxy
+from tests.webhook_process import WebhookProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("proxy", "init")
@@ -40,27 +45,42 @@ OURS = ("proxy", "init")
 
 distribution = image_scripts.load("distribution")
 PROJECT = distribution.load(ROOT / "pyproject.toml")
+IMAGES = sorted(distribution.images(PROJECT))
 
 # Imports that leave an image's packages on purpose: the optional commands, whose entry
-# proxy.cli imports by name, answering a missing one in one line (test_missing_subcommands_exit_2).
+# proxy.cli imports by name, answering a missing one in one line (test_missing_subcommands_exit_2);
+# in the tools image, the sidecar's own start (proxy.cli.run), answered the same way.
 LEAVING: dict[str, set[tuple[str, str]]] = {
     "proxy": set(),
     "init": set(),
+    "tools": {("proxy.cli", "proxy.eventloop"), ("proxy.cli", "proxy.server")},
 }
 # What each image must never carry (the reason for the split).
 NEVER = {
-    "proxy": {"ruamel.yaml", "pyroute2"},
+    "proxy": {"ruamel.yaml", "jsonpatch", "pyroute2"},
     "init": {"aiohttp", "msal", "cryptography", "structlog", "ruamel.yaml", "pyroute2"},
+    "tools": {"msal", "requests", "PyJWT", "uvloop", "pyroute2"},
 }
 
 
+def test_every_image_is_covered() -> None:
+    assert set(IMAGES) == set(LEAVING) == set(NEVER) == {"proxy", "init", "tools"}
+
+
 def modules_of(image: str) -> dict[str, Path]:
-    """Module name -> file for every module of the image's packages."""
+    """Module name -> file for every module of the image's packages and single modules."""
+    entry = distribution.image_entry(PROJECT, image)
     found = {}
-    for package in distribution.image_entry(PROJECT, image)["packages"]:
+    for package in entry["packages"]:
         folder = ROOT / package.replace(".", "/")
         for file in sorted(folder.glob("*.py")):
             found[package if file.stem == "__init__" else f"{package}.{file.stem}"] = file
+    for module in entry.get("modules", []):
+        package, _, stem = module.rpartition(".")
+        found[module] = ROOT / package.replace(".", "/") / f"{stem}.py"
+        if package:  # its __init__ comes along (setuptools' py-modules)
+            found[package] = ROOT / package.replace(".", "/") / "__init__.py"
+    assert all(file.is_file() for file in found.values()), found
     return found
 
 
@@ -118,7 +138,7 @@ def top_level_names(dists: set[str]) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("image", ["proxy", "init"])
+@pytest.mark.parametrize("image", IMAGES)
 def test_every_import_stays_inside_the_image(image: str) -> None:
     ours = modules_of(image)
     dists = closure(image)
@@ -143,10 +163,20 @@ def test_the_images_leave_the_tools_out() -> None:
     assert "proxy.report.cli" in modules_of("proxy")
     for image in ("proxy", "init"):
         names = set(modules_of(image))
-        assert not any(n.startswith(("proxy.devissuer", "proxy.inject")) for n in names)
+        assert not any(
+            n.startswith(("proxy.devissuer", "proxy.inject", "proxy.webhook")) for n in names
+        )
     assert set(modules_of("init")) == {
         f"init.{n}" for n in ("cli", "iptables", "preflight", "rules", "settings", "__main__")
     } | {"init"}
+    # The tools image: both tools and the command line, nothing of the sidecar's server.
+    tools = set(modules_of("tools"))
+    assert {"proxy.webhook.cli", "proxy.webhook.server", "proxy.inject.cli", "proxy.cli"} <= tools
+    assert not any(
+        n.startswith(("proxy.devissuer", "proxy.tokens", "proxy.doctor", "proxy.report", "init"))
+        for n in tools
+    )
+    assert not {"proxy.server", "proxy.app", "proxy.imds", "proxy.eventloop"} & tools
 
 
 def test_the_image_pyproject_is_a_wheel_of_just_the_image() -> None:
@@ -161,6 +191,14 @@ def test_the_image_pyproject_is_a_wheel_of_just_the_image() -> None:
     proxy = tomllib.loads(distribution.pyproject(PROJECT, "proxy"))
     assert proxy["project"]["dependencies"] == PROJECT["project"]["dependencies"]
     assert proxy["project"]["version"] == PROJECT["project"]["version"]
+    assert "py-modules" not in proxy["tool"]["setuptools"]
+    tools = tomllib.loads(distribution.pyproject(PROJECT, "tools"))
+    assert tools["project"]["name"] == "imds-oidc-proxy-tools"
+    assert tools["project"]["scripts"] == {"imds-proxy": "proxy.cli:main"}
+    assert tools["tool"]["setuptools"]["packages"] == ["proxy.inject", "proxy.webhook"]
+    assert "proxy.cli" in tools["tool"]["setuptools"]["py-modules"]
+    extras = PROJECT["project"]["optional-dependencies"]
+    assert tools["project"]["dependencies"] == extras["inject"] + extras["tools"]
 
 
 # Every finder of the process under test made blind to the modules outside the image, so an
@@ -226,6 +264,10 @@ def test_the_blocker_blocks(tmp_path: Path) -> None:
     assert "ModuleNotFoundError: No module named 'proxy.devissuer'" in done.stderr
     done = _run_in_image("proxy", tmp_path, "import aiohttp, msal, proxy.doctor")
     assert done.returncode == 0, done.stderr
+    done = _run_in_image("tools", tmp_path, "import proxy.server")
+    assert "ModuleNotFoundError: No module named 'proxy.server'" in done.stderr
+    done = _run_in_image("tools", tmp_path, "import msal")
+    assert "ModuleNotFoundError: No module named 'msal'" in done.stderr
 
 
 def test_the_sidecar_serves_a_token_with_only_its_image(
@@ -270,6 +312,102 @@ def test_missing_subcommands_exit_2(command: str, missing: str, tmp_path: Path) 
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"imds-proxy {command}: not installed here ({missing} is missing)")
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing"),
+    [
+        (["--proxy-port=8000"], "proxy.server"),
+        (["run"], "proxy.server"),
+        (["doctor", "--help"], "proxy.doctor"),
+        (["report", "--help"], "proxy.report"),
+        (["dev", "--help"], "proxy.devissuer"),
+    ],
+)
+def test_the_tools_image_has_no_sidecar(argv: list[str], missing: str, tmp_path: Path) -> None:
+    done = _run_in_image(
+        "tools", tmp_path, f"import sys\nfrom proxy.cli import main\nsys.exit(main({argv!r}))"
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"not installed here ({missing} is missing)" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["webhook", "inject"])
+def test_tools_help_with_only_their_image(command: str, tmp_path: Path) -> None:
+    done = _run_in_image(
+        "tools",
+        tmp_path,
+        f"import sys\nfrom proxy.cli import main\nsys.exit(main([{command!r}, '--help']))",
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"imds-proxy {command}" in done.stdout
+
+
+def test_the_webhook_answers_a_review_with_only_its_image(tmp_path: Path) -> None:
+    """Start (certificate, kubeconfig read with ruamel.yaml, API server version), a review
+    that adds the sidecar, metrics and SIGTERM, with nothing outside the tools image."""
+    tls = generate_tls_files(tmp_path / "tls")
+    with KubeStandIn(version="v1.30.6") as api:
+        api.namespace("default")
+        client_id = "00000000-0000-0000-0000-000000000001"
+        api.service_account("default", "app", {"azure.workload.identity/client-id": client_id})
+        port, metrics_port = free_port(), free_port()
+        webhook = WebhookProcess(
+            [
+                "--host=127.0.0.1",
+                f"--port={port}",
+                f"--metrics-port={metrics_port}",
+                "--metrics-host=127.0.0.1",
+                f"--tls-cert-file={tls.cert}",
+                f"--tls-key-file={tls.key}",
+                f"--kubeconfig={api.kubeconfig(tmp_path)}",
+                "--tenant-id=00000000-0000-0000-0000-0000000000aa",
+            ],
+            port,
+            metrics_port,
+            tmp_path / "webhook.log",
+            env=image_env("tools", tmp_path),
+        )
+        try:
+            webhook.wait_ready(tls.ca_bundle)
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "app",
+                    "annotations": {"azure.workload.identity/inject-proxy-sidecar": "true"},
+                    "labels": {"azure.workload.identity/use": "true"},
+                },
+                "spec": {
+                    "serviceAccountName": "app",
+                    "containers": [{"name": "app", "image": "app"}],
+                },
+            }
+            uid = "0f0e0d0c-0000-4000-8000-000000000002"
+            review = {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": uid,
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "operation": "CREATE",
+                    "namespace": "default",
+                    "object": pod,
+                },
+            }
+            status, body = webhook.review(review, tls.ca_bundle)
+            assert status == 200, body
+            response = json.loads(body)["response"]
+            assert response["uid"] == uid and response["allowed"] is True
+            assert response["patch"], response  # the sidecar added
+            assert "imds_proxy_webhook_reviews_total" in webhook.metrics()
+        finally:
+            code = webhook.stop()
+    assert code == 0, webhook.log.read_text()
+    assert "ModuleNotFoundError" not in webhook.log.read_text()
 
 
 def test_init_help_with_only_its_image(tmp_path: Path) -> None:

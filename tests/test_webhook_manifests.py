@@ -83,6 +83,23 @@ def test_deployment_is_two_non_root_read_only_replicas() -> None:
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
 
 
+def test_the_deployment_runs_the_tools_image_as_it_is_built() -> None:
+    """The image Dockerfile.tools builds: its name, its user, the command on its PATH."""
+    import tomllib
+
+    container = _webhook_container()
+    assert container["image"].rpartition(":")[0].endswith("/imds-proxy-tools")
+    dockerfile = (ROOT / "Dockerfile.tools").read_text()
+    assert "docker build -f Dockerfile.tools -t imds-proxy-tools ." in dockerfile
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    assert f"\nUSER {user}\n" in dockerfile
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    tools = project["tool"]["imds-oidc-proxy"]["images"]["tools"]
+    assert container["command"][0] in tools["scripts"]
+    assert "proxy.webhook" in tools["packages"]
+
+
 def test_arguments_parse_and_agree_with_mounts_ports_and_probes() -> None:
     container = _webhook_container()
     assert container["command"] == ["imds-proxy", "webhook"]

@@ -45,7 +45,14 @@ class SecretVolume:
 
 
 class WebhookProcess:
-    def __init__(self, argv: list[str], port: int, metrics_port: int, log: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        port: int,
+        metrics_port: int,
+        log: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port, self.metrics_port = port, metrics_port
         self.log = log
         self.proc = subprocess.Popen(
@@ -53,7 +60,7 @@ class WebhookProcess:
             cwd=ROOT,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
         )
 
     def get(self, path: str, ca: Path) -> tuple[int, bytes]:

@@ -1,17 +1,20 @@
 """One image's own distribution, cut from the project's pyproject.toml.
 
-Run in the builder stage of Dockerfile.proxy / Dockerfile.init, with the base image's
-interpreter (standard library only), in the directory holding the project's pyproject.toml:
+Run in the builder stage of Dockerfile.proxy / Dockerfile.init / Dockerfile.tools, with the
+base image's interpreter (standard library only), in the directory holding the project's
+pyproject.toml:
 
     python3 distribution.py IMAGE --requirements   # the image's requirements, one a line
     python3 distribution.py IMAGE --pyproject      # the pyproject.toml of the image's wheel
 
 ``[tool.imds-oidc-proxy.images.IMAGE]`` in pyproject.toml says what the image holds: its
-packages (each named; a subpackage not listed stays out), whether it takes the project's
-dependencies, which extras, and which console scripts. The pyproject written here builds a
-wheel with just that, under the image's own distribution name, so the image's venv is an
-ordinary pip install whose metadata lists what is really there, and nothing else of the tree
-(the dev issuer, the manifest tool) can come along.
+packages (each named; a subpackage not listed stays out), its single modules (``modules``:
+some modules of a package without the rest of it, as setuptools' ``py-modules``; the
+package's ``__init__`` comes along), whether it takes the project's dependencies, which
+extras, and which console scripts. The pyproject written here builds a wheel with just that,
+under the image's own distribution name, so the image's venv is an ordinary pip install whose
+metadata lists what is really there, and nothing else of the tree (the dev issuer, the
+sidecar's server in the tools image) can come along.
 """
 
 from __future__ import annotations
@@ -102,8 +105,10 @@ def pyproject(project: dict[str, Any], image: str) -> str:
         "",
         "[tool.setuptools]",
         f"packages = {_toml_list(list(entry['packages']))}",
-        "",
     ]
+    if entry.get("modules"):
+        lines.append(f"py-modules = {_toml_list(list(entry['modules']))}")
+    lines.append("")
     return "\n".join(lines)
 
 

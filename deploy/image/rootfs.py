@@ -1,6 +1,6 @@
 """Assemble a shell-less root filesystem for a container image from a builder stage.
 
-Run in the builder stage of Dockerfile.proxy / Dockerfile.init, with the base image's own
+Run in the builder stage of Dockerfile.proxy / .init / .tools, with the base image's own
 interpreter; the final stage is ``FROM scratch`` plus a copy of the tree this writes:
 
     python3 rootfs.py --dest /rootfs --venv /opt/venv [--strip-debug] [--copy PATH_OR_GLOB ...]
@@ -84,13 +84,15 @@ ALWAYS_COPY: tuple[str, ...] = (
 )
 
 # What ``getpwuid`` and host lookups read; the pod's /etc/hosts and resolv.conf are mounted.
+# The images' users: 1501 the sidecar, 65532 the tools (the webhook's Deployment).
 ETC_FILES = {
     "etc/passwd": (
         "root:x:0:0:root:/root:/nonexistent\n"
         "imds-proxy:x:1501:1501:imds-proxy:/nonexistent:/nonexistent\n"
+        "nonroot:x:65532:65532:nonroot:/nonexistent:/nonexistent\n"
         "nobody:x:65534:65534:nobody:/nonexistent:/nonexistent\n"
     ),
-    "etc/group": "root:x:0:\nimds-proxy:x:1501:\nnogroup:x:65534:\n",
+    "etc/group": "root:x:0:\nimds-proxy:x:1501:\nnonroot:x:65532:\nnogroup:x:65534:\n",
     "etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
 }
 
