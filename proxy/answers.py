@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.failures import Failure
+from proxy.requestlog import Fields
 
 JSON = "application/json; charset=utf-8"
-Answer = tuple[web.StreamResponse, str]
+Answer = tuple[web.StreamResponse, Fields]
 """A response and its request-log fields."""
 
 
@@ -27,7 +28,7 @@ class Refusal:
     failure: Failure
     body: bytes
     headers: Mapping[str, str]
-    fields: str
+    fields: Fields
 
     @classmethod
     def of(cls, failure: Failure, body: bytes) -> Refusal:

@@ -29,7 +29,7 @@ from proxy.identities import IdentityDirectory
 from proxy.imds import FORWARDED, TOKEN_PATH, ImdsProtocol, refusal
 from proxy.paths import Route, route_for
 from proxy.query import scope_for
-from proxy.requestlog import RequestLog, json_field
+from proxy.requestlog import NO_FIELDS, Fields, LogFields, RequestLog
 from proxy.status import inspection_pages
 from proxy.tokenflow import TokenFlow
 from proxy.tokens.cache import TokenCache
@@ -147,33 +147,35 @@ class ProxyHttp:
         if request.version < HttpVersion10:  # HTTP/0.9: a CR or LF cut the request line
             route = _HTTP09
         name = route.name
+        caller: LogFields = NO_FIELDS
         if name == "token":
             event = "received token request"
             flow = self._flow
             answered = flow.answer_now(request, target)
             response, extra = answered or await flow.answer(self._imds, request, target)
-            extra += self._callers.observe(request.headers)
+            caller = self._callers.observe(request.headers)
         elif name == "appservice":
             event = "received app service token request"
             flow = self._flow
             answered = flow.answer_now(request, target)
             response, extra = answered or await flow.answer(self._app_service, request, target)
-            extra += self._callers.observe(request.headers)
+            caller = self._callers.observe(request.headers)
         elif name == "metadata":
             event = "forwarded metadata request"
             if "X-Forwarded-For" in request.headers:
                 response, extra = FORWARDED.answer()
             else:
-                response, extra = await self._proxy.forwarder(request, route.forward_path), ""
+                response = await self._proxy.forwarder(request, route.forward_path)
+                extra = NO_FIELDS
         elif name == "readyz":
             event = "received readyz request"
             response, extra = self._readyz()
         elif name == "healthz":
             event = "received healthz request"
-            response, extra = web.Response(text="ok"), ""
+            response, extra = web.Response(text="ok"), NO_FIELDS
         elif name in _INSPECTION:
             event = "received inspection request"
-            response, extra = web.json_response(_INSPECTION[name](self._proxy)), ""
+            response, extra = web.json_response(_INSPECTION[name](self._proxy)), NO_FIELDS
         else:
             event = "received unknown request"
             response, extra = _REFUSED[name].answer()
@@ -184,13 +186,13 @@ class ProxyHttp:
         self._routes[name].observe(status, elapsed)
         if self._log.enabled:
             request_id = request.headers.get("x-ms-client-request-id")
-            self._log.write(event, request.method, path, status, elapsed, request_id, extra)
+            self._log.write(event, request.method, path, status, elapsed, request_id, extra, caller)
         return response
 
     def _readyz(self) -> Answer:
         reasons = self._proxy.not_ready_reasons()
         if not reasons:
-            return web.Response(text="ok"), ""
+            return web.Response(text="ok"), NO_FIELDS
         body = json.dumps({"status": "not ready", "reasons": reasons})
         response = web.Response(status=503, text=body, content_type="application/json")
-        return response, json_field("reason", "; ".join(reasons))
+        return response, Fields({"reason": "; ".join(reasons)})

@@ -35,7 +35,6 @@ from proxy.imds import parse_wanted_token
 from proxy.logs import get_logger
 from proxy.paths import APP_SERVICE_PATH
 from proxy.query import IdentityQuery, TokenRequest
-from proxy.requestlog import json_field
 from proxy.tokens.model import AccessToken
 
 EXPIRES_ON_2017 = "%m/%d/%Y %H:%M:%S +00:00"
@@ -230,12 +229,12 @@ class _Dialect:
     def token_body(self, wanted: TokenRequest) -> _Body:
         return _Body(self.version or V2019, wanted)
 
-    def log_fields(self, wanted: TokenRequest) -> str:
-        return (
-            json_field("api_version", (self.version or V2019).api_version)
-            + json_field("client_id", wanted.key.client_id)
-            + json_field("resource", wanted.resource)
-        )
+    def log_fields(self, wanted: TokenRequest) -> dict[str, object]:
+        return {
+            "api_version": (self.version or V2019).api_version,
+            "client_id": wanted.key.client_id,
+            "resource": wanted.resource,
+        }
 
 
 class AppServiceProtocol:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from proxy.requestlog import json_field
+from proxy.requestlog import json_fields
 
 MAX_USER_AGENT_READ = 512
 """SDK tokens stand near the start; a 10 KB agent is not searched to its end."""
@@ -233,10 +233,14 @@ class Caller:
     version: str
     supports: str
     """`yes`, `no` or `unknown`: whether this version can use workload identity natively."""
-    log_fields: str
-    """`, "client": …, "client_version": …` for the request line, rendered once."""
+    json: str
+    """Its request-line fields (`client`, `client_version`), rendered once: a caller is its
+    own `requestlog.LogFields`."""
     key: tuple[str, str]
     """(family name, version): equal callers share it, whichever object describes them."""
+
+    def as_dict(self) -> dict[str, object]:
+        return _fields(self.family, self.version)
 
     @property
     def advice_kind(self) -> str:
@@ -276,8 +280,12 @@ def caller(family: Family, version: str = "") -> Caller:
         supports = "no"
     else:
         supports = "unknown"
-    fields = json_field("client", family.name) + json_field("client_version", version or None)
-    return Caller(family, version, supports, fields, (family.name, version))
+    rendered = json_fields(_fields(family, version))
+    return Caller(family, version, supports, rendered, (family.name, version))
+
+
+def _fields(family: Family, version: str) -> dict[str, object]:
+    return {"client": family.name, "client_version": version or None}
 
 
 def at_least(version: str, minimum: str | None) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from proxy.requestlog import json_fields
+from proxy.requestlog import Fields
 from proxy.tokens.errors import (
     CredentialUnavailable,
     EntraRejected,
@@ -53,13 +53,13 @@ class Failure:
             return None
         return str(min(max(1, math.ceil(self.retry_after)), MAX_RETRY_AFTER))
 
-    def log_fields(self) -> str:
+    def log_fields(self) -> Fields:
         """The request line's fields: the kind, and the text for 429 and 5xx (the caller's
         own mistakes are already in the line's path and query)."""
         fields: dict[str, object] = {"error": self.label}
         if self.status >= 500 or self.status == 429:
             fields["reason"] = self.description
-        return json_fields(fields)
+        return Fields(fields)
 
 
 def failure_for(exc: TokenError) -> Failure:

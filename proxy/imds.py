@@ -22,7 +22,6 @@ from proxy.failures import Failure
 from proxy.identity_ids import is_client_id, is_object_id, is_resource_id
 from proxy.paths import TOKEN_PATH as TOKEN_PATH  # re-exported: part of the protocol
 from proxy.query import IdentityQuery, Selector, TokenRequest, scope_for
-from proxy.requestlog import json_field
 from proxy.tokens.model import AccessToken, TokenKey
 
 _OLDEST_API_VERSION = "2018-02-01"
@@ -259,7 +258,5 @@ class ImdsProtocol:
     def token_body(self, wanted: TokenRequest) -> TokenAnswer:
         return TokenAnswer(wanted)
 
-    def log_fields(self, wanted: TokenRequest) -> str:
-        return json_field("client_id", wanted.key.client_id) + json_field(
-            "resource", wanted.resource
-        )
+    def log_fields(self, wanted: TokenRequest) -> dict[str, object]:
+        return {"client_id": wanted.key.client_id, "resource": wanted.resource}

@@ -18,7 +18,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Protocol, TextIO
 
 from proxy import logs
 
@@ -27,15 +27,55 @@ FLUSH_DELAY = 0.2
 """Seconds a request line may wait in the buffer."""
 
 
-def json_field(name: str, value: object) -> str:
-    """`, "name": value` as it stands inside a JSON object, secrets redacted."""
+class Fields:
+    """A request line's own fields, as whoever knows them gives them: name and value.
+
+    Rendered here, once, when made: the JSON lines need `, "name": value` text (secrets
+    redacted), and the ones the hot path passes are made once per remembered query,
+    caller or failure, so a request pays nothing to render them. The console format
+    reads the names and values, kept flat (name, value, name, value...): a remembered
+    caller or query keeps one small tuple, not one per field.
+    """
+
+    __slots__ = ("_flat", "json")
+
+    def __init__(self, fields: Mapping[str, object] | None = None) -> None:
+        items = fields.items() if fields else ()
+        self._flat: tuple[object, ...] = tuple(itertools.chain.from_iterable(items))
+        self.json = json_fields(fields) if fields else ""
+
+    def __add__(self, other: Fields) -> Fields:
+        joined = Fields.__new__(Fields)
+        joined._flat, joined.json = self._flat + other._flat, self.json + other.json
+        return joined
+
+    def as_dict(self) -> dict[str, object]:
+        flat = self._flat
+        return {str(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+
+
+def _json_field(name: str, value: object) -> str:
     if isinstance(value, str) and "eyJ" in value:
         value = logs.redact_text(value)
     return f", {json.dumps(name)}: {json.dumps(value)}"
 
 
+NO_FIELDS = Fields()
+
+
+class LogFields(Protocol):
+    """What `RequestLog.write` takes: `Fields`, or an object that renders its own once
+    (a caller, remembered by the thousand, keeps one string and no tuple)."""
+
+    @property
+    def json(self) -> str: ...
+
+    def as_dict(self) -> dict[str, object]: ...
+
+
 def json_fields(fields: Mapping[str, object]) -> str:
-    return "".join(json_field(k, v) for k, v in fields.items())
+    """`, "name": value` pairs as they stand inside a JSON object, secrets redacted."""
+    return "".join(_json_field(k, v) for k, v in fields.items())
 
 
 def _escaped(text: str) -> str:
@@ -63,11 +103,12 @@ class RequestLog:
         status: int,
         seconds: float,
         request_id: str | None,
-        extra: str = "",
+        fields: LogFields = NO_FIELDS,
+        caller: LogFields = NO_FIELDS,
     ) -> None:
-        """`extra` is pre-rendered `, "key": value` pairs (see `json_field`)."""
+        """`fields`: what the answer says of the request; `caller`: who asked (two, so the
+        hot path joins nothing)."""
         if self._structured:  # key=value for people: the cost matters less than the format
-            fields: dict[str, Any] = json.loads("{" + extra[1:] + "}") if extra else {}
             logs.get_logger("proxy.http").info(
                 event,
                 method=method,
@@ -75,7 +116,8 @@ class RequestLog:
                 status=status,
                 duration_ms=round(seconds * 1000, 3),
                 request_id=request_id,
-                **fields,
+                **fields.as_dict(),
+                **caller.as_dict(),
             )
             return
         millis = int(time.time() * 1000)
@@ -90,8 +132,8 @@ class RequestLog:
         frame = self._frames.get((event, method, path)) or self._frame(event, method, path)
         stream.write(
             f"{frame[0]}{status}, "
-            f'"duration_ms": {seconds * 1000:.3f}, "request_id": {rid}{extra}{frame[1]}'
-            f'{self._stamp}"}}\n'
+            f'"duration_ms": {seconds * 1000:.3f}, "request_id": {rid}'
+            f'{fields.json}{caller.json}{frame[1]}{self._stamp}"}}\n'
         )
         if not self._flush_armed:
             self._arm_flush(stream)

@@ -23,6 +23,7 @@ from proxy.answers import JSON, Answer, Refusal
 from proxy.failures import Failure, failure_for
 from proxy.identities import IdentityDirectory
 from proxy.query import IdentityQuery, TokenRequest
+from proxy.requestlog import Fields
 from proxy.tokens.cache import TokenCache
 from proxy.tokens.errors import TokenError
 from proxy.tokens.model import AccessToken
@@ -50,8 +51,8 @@ class Dialect(Protocol):
 
     def token_body(self, wanted: TokenRequest) -> TokenBody: ...
 
-    def log_fields(self, wanted: TokenRequest) -> str:
-        """`, "key": value` pairs saying what was asked for (see `requestlog.json_field`)."""
+    def log_fields(self, wanted: TokenRequest) -> dict[str, object]:
+        """What was asked for, for the request line."""
 
 
 Wanted = TokenRequest | IdentityQuery | Failure
@@ -73,8 +74,8 @@ class Known:
         self.key = wanted.key
         self.body = dialect.token_body(wanted)
         fields = dialect.log_fields(wanted)
-        self.hit = fields + ', "cache": "hit"'
-        self.miss = fields + ', "cache": "miss"'
+        self.hit = Fields({**fields, "cache": "hit"})
+        self.miss = Fields({**fields, "cache": "miss"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ class _Slot:
 
     seen: Seen
     label: _Count
-    log_fields: str
+    caller: Caller
 
 
 class CallerUsage:
@@ -76,8 +76,8 @@ class CallerUsage:
         self._labels: dict[tuple[str, str], _Count] = {}
         self._seen: dict[tuple[str, str], Seen] = {}
 
-    def observe(self, headers: Mapping[str, str]) -> str:
-        """Count one token request; returns its request-log fields."""
+    def observe(self, headers: Mapping[str, str]) -> Caller:
+        """Count one token request; returns the caller (its own request-log fields)."""
         agent = headers.get(USER_AGENT)
         slot = self._by_agent.get(agent)
         if slot is None:
@@ -88,7 +88,7 @@ class CallerUsage:
         seen = slot.seen
         seen.requests += 1
         seen.last_seen = now
-        return slot.log_fields
+        return slot.caller
 
     def _slot(self, headers: Mapping[str, str], agent: str | None) -> _Slot:
         memo: dict[Any, _Slot]
@@ -112,7 +112,7 @@ class CallerUsage:
         count = self._labels.get(label)
         if count is None:  # families x verdicts: a few dozen at most
             count = self._labels[label] = _Count()
-        slot = _Slot(self._entry(found), count, found.log_fields)
+        slot = _Slot(self._entry(found), count, found)
         if agent is not None and len(agent) > MAX_REMEMBERED_AGENT:
             return slot  # no SDK sends that much: not worth memory
         if len(memo) >= self._remembered:  # 10,000 distinct agents: memory stays flat

@@ -195,6 +195,10 @@ def test_console_log_format_applies_to_every_logger(fake_entra: FakeEntra, tmp_p
     text = proxy.log_text()
     assert "received token request" in text and "cache=hit" not in text
     assert not any(line.startswith("{") for line in text.splitlines())
+    # The request line's own fields, given by the token flow and the caller's classifier.
+    line = next(x for x in text.splitlines() if "received token request" in x)
+    for field in ("cache=miss", f"resource={ARM}", "client_id=", "client=", "status=200"):
+        assert field in line, (field, line)
 
 
 def test_warning_level_silences_request_lines(fake_entra: FakeEntra, tmp_path: Path) -> None:
