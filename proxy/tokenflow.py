@@ -108,15 +108,8 @@ class TokenFlow:
         known = self._queries.get(target)
         if known is None:
             return None
-        refused = known.dialect.refuse(request)
-        if refused is not None:
-            return refused.answer()
-        if isinstance(known, Refused):
-            return known.refusal.answer()
-        found = self._cache.lookup(known.key)
-        if found is None:
-            return None
-        return self._token(known, found), known.hit
+        answered = self._from_memory(known, request)
+        return None if isinstance(answered, Known) else answered
 
     async def answer(
         self, protocol: TokenProtocol, request: web.BaseRequest, target: str
@@ -132,21 +125,26 @@ class TokenFlow:
             if isinstance(resolved, Refusal):
                 return resolved.answer()
             known = resolved
-        else:
-            refused = known.dialect.refuse(request)
-            if refused is not None:
-                return refused.answer()
+        missing = self._from_memory(known, request)
+        if not isinstance(missing, Known):
+            return missing
+        try:
+            found = await self._cache.fetch(missing.key)
+        except TokenError as exc:
+            response, fields = missing.dialect.refusal(failure_for(exc)).answer()
+            return response, missing.miss + fields
+        return self._token(missing, found), missing.miss
+
+    def _from_memory(self, known: Known | Refused, request: web.BaseRequest) -> Answer | Known:
+        """The request's checks, then the remembered refusal or the cached token; the
+        query itself when its token must be fetched."""
+        refused = known.dialect.refuse(request)
+        if refused is not None:
+            return refused.answer()
         if isinstance(known, Refused):
             return known.refusal.answer()
         found = self._cache.lookup(known.key)
-        if found is not None:
-            return self._token(known, found), known.hit
-        try:
-            found = await self._cache.fetch(known.key)
-        except TokenError as exc:
-            response, fields = known.dialect.refusal(failure_for(exc)).answer()
-            return response, known.miss + fields
-        return self._token(known, found), known.miss
+        return known if found is None else (self._token(known, found), known.hit)
 
     def _token(self, known: Known, token: AccessToken) -> web.Response:
         return web.Response(body=known.body.render(token, self._clock()), headers=_JSON_HEADERS)
