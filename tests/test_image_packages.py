@@ -37,7 +37,7 @@ from tests.fake_entra import FakeEntra
 from tests.kube_stand_in import KubeStandIn
 from tests.netns import init_env, iptables_available, pod_network, requires_root, run_init
 from tests.proxy_process import free_port, running_proxy
-from tests.webhook_process import WebhookProcess
+from tests.webhook_process import WebhookProcess, pod_creation_review
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("proxy", "init")
@@ -386,19 +386,7 @@ def test_the_webhook_answers_a_review_with_only_its_image(tmp_path: Path) -> Non
                 },
             }
             uid = "0f0e0d0c-0000-4000-8000-000000000002"
-            review = {
-                "apiVersion": "admission.k8s.io/v1",
-                "kind": "AdmissionReview",
-                "request": {
-                    "uid": uid,
-                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "operation": "CREATE",
-                    "namespace": "default",
-                    "object": pod,
-                },
-            }
-            status, body = webhook.review(review, tls.ca_bundle)
+            status, body = webhook.review(pod_creation_review(pod, uid), tls.ca_bundle)
             assert status == 200, body
             response = json.loads(body)["response"]
             assert response["uid"] == uid and response["allowed"] is True

@@ -15,7 +15,6 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import jsonpatch
 import pytest
@@ -24,7 +23,7 @@ from cryptography import x509
 from proxy.devissuer.pki import TlsFiles, generate_tls_files
 from tests.kube_stand_in import KubeStandIn
 from tests.proxy_process import free_port
-from tests.webhook_process import SecretVolume, WebhookProcess
+from tests.webhook_process import SecretVolume, WebhookProcess, pod_creation_review
 
 WI = "azure.workload.identity/"
 CLIENT = "00000000-0000-0000-0000-000000000001"
@@ -40,21 +39,6 @@ def _served_serial(port: int, ca: Path) -> int:
             der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
-
-
-def _review(pod: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "0f0e0d0c-0000-4000-8000-000000000001",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE",
-            "namespace": "default",
-            "object": pod,
-        },
-    }
 
 
 GUIDE_POD = {
@@ -113,7 +97,7 @@ def test_serves_reviews_over_tls_and_reloads_a_rotated_certificate(
     try:
         webhook.wait_ready(first.ca_bundle)
         assert webhook.get("/healthz", first.ca_bundle)[0] == 200
-        status, body = webhook.review(_review(GUIDE_POD), first.ca_bundle)
+        status, body = webhook.review(pod_creation_review(GUIDE_POD), first.ca_bundle)
         assert status == 200
         response = json.loads(body)["response"]
         assert response["allowed"] is True
@@ -138,7 +122,7 @@ def test_serves_reviews_over_tls_and_reloads_a_rotated_certificate(
                 continue
         else:
             raise AssertionError("the new certificate was not served")
-        status, body = webhook.review(_review(GUIDE_POD), second.ca_bundle)
+        status, body = webhook.review(pod_creation_review(GUIDE_POD), second.ca_bundle)
         assert status == 200 and json.loads(body)["response"]["allowed"] is True
         with pytest.raises(ssl.SSLError):
             _served_serial(webhook.port, first.ca_bundle)  # the old CA no longer verifies it

@@ -31,6 +31,7 @@ from proxy.webhook.metrics import WebhookMetrics
 from proxy.webhook.mutate import Mutator
 from proxy.webhook.settings import Settings
 from tests.kube_stand_in import KubeStandIn
+from tests.webhook_process import pod_creation_review
 
 Obj = dict[str, Any]
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
@@ -79,20 +80,7 @@ class Webhook:
     async def review(self, pod: Obj, namespace: str = "default", **request: Any) -> tuple[Obj, Obj]:
         """The response, and the pod with its patch applied."""
         uid = "7b1e7c57-0000-4000-8000-000000000001"
-        body: Obj = {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "operation": "CREATE",
-                "namespace": namespace,
-                "object": pod,
-                **request,
-            },
-        }
-        status, answer = await self.post(body)
+        status, answer = await self.post(pod_creation_review(pod, uid, namespace, **request))
         assert status == 200, answer
         assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
         response = answer["response"]

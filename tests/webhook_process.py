@@ -23,6 +23,28 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pod_creation_review(
+    pod: dict[str, Any],
+    uid: str = "0f0e0d0c-0000-4000-8000-000000000001",
+    namespace: str = "default",
+    **request: Any,
+) -> dict[str, Any]:
+    """An AdmissionReview v1 as the API server sends it for a pod's creation."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": namespace,
+            "object": pod,
+            **request,
+        },
+    }
+
+
 class SecretVolume:
     """A directory of `tls.crt`/`tls.key` links that `publish` swaps in one rename."""
 
