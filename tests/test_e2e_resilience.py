@@ -29,6 +29,9 @@ ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}
 PROBE_BUDGET = 1.0
 """What the kubelet gives a readiness probe (timeoutSeconds: 1)."""
+HANG_DEADLINE = 8.0
+"""--entra-timeout while Entra hangs: longer than the probes take (10 of them, under a
+second each), shorter than the 30 s this test once waited."""
 
 
 def timed_get(url: str, **kw: object) -> tuple[int, float]:
@@ -88,10 +91,12 @@ def test_probes_and_metrics_answer_within_a_second_while_40_exchanges_hang(
     fake_entra: FakeEntra, tmp_path: Path
 ) -> None:
     fake_entra.behave(mode="hang")
-    args = ["--entra-timeout=30", "--new-resource-burst=100"]
+    # The exchanges hang for their whole deadline: long enough for every probe below, with
+    # room on a loaded machine, and no longer (the answers wait for it).
+    args = [f"--entra-timeout={HANG_DEADLINE:g}", "--new-resource-burst=100"]
     with running_proxy(fake_entra.env(), tmp_path, args) as proxy:
         urls = [proxy.url(f"https://hang-{i}.example") for i in range(40)]
-        results = fire_in_background(urls, timeout=40)
+        results = fire_in_background(urls, timeout=HANG_DEADLINE + 10)
         wait_for(
             lambda: fake_entra.stats()["token_requests"]["in_flight"] >= 4,
             10,
