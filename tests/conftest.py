@@ -52,8 +52,10 @@ def arm(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ArmStandIn]:
 
 # -- tiers -------------------------------------------------------------------------------
 # Every test gets one tier marker from its module's name, so `make test-fast` (-m fast) runs
-# the unit and in-process tests alone. The slow tiers start real processes: the proxy, the
-# fake Entra ID, network namespaces, SDK clients in other languages, a Kubernetes cluster.
+# the unit and in-process tests alone: tests/inprocess/ serves the proxy's server from the
+# test process (tests/in_process.py) against one fake Entra ID process for the session. The
+# slow tiers start real processes: the proxy, network namespaces, SDK clients in other
+# languages, a Kubernetes cluster.
 
 _PROCESS_MODULES = frozenset(
     (

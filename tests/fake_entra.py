@@ -38,6 +38,9 @@ from tests.processes import NotReady, first_line
 
 START_TIMEOUT = 30.0
 CONTROL_TIMEOUT = 10.0
+STOP_GRACE = 3.0
+"""How long SIGTERM gets: an idle issuer exits at once, but one still holding requests it
+was told to hang waits for them (aiohttp's shutdown) unless killed."""
 
 
 class FakeEntraError(RuntimeError):
@@ -124,8 +127,9 @@ class FakeEntra:
             return f"; log tail:\n{text}" if text else ""
         return ""
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait, SIGKILL if needed; returns the exit code (None if never started)."""
+    def stop(self, timeout: float = 10.0, grace: float = STOP_GRACE) -> int | None:
+        """SIGTERM, wait up to `grace`, SIGKILL if needed; returns the exit code (None if
+        never started)."""
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -135,7 +139,7 @@ class FakeEntra:
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=timeout)

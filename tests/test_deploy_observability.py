@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import DEFAULT_METRICS_PORT
 from tests.fake_entra import FakeEntra
-from tests.proxy_process import ROOT, ProxyProcess
+from tests.proxy_process import ROOT, ProxyProcess, running_proxy
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "imds-proxy-dashboard.json"
@@ -228,9 +228,17 @@ def as_promql(expr: str) -> str:
 # -- a real scrape ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def scrape(proxy: ProxyProcess, fake_entra: FakeEntra) -> Scrape:
-    """The proxy's metrics after a token, a rejection and a throttled exchange."""
+@pytest.fixture(scope="module")
+def scrape(fake_entra_process: FakeEntra, tmp_path_factory: pytest.TempPathFactory) -> Scrape:
+    """The proxy's metrics after a token, a rejection and a throttled exchange: one scrape
+    of one process, read by every test here (none changes it)."""
+    fake_entra = fake_entra_process
+    fake_entra.reset()
+    with running_proxy(fake_entra.env(), tmp_path_factory.mktemp("scrape")) as proxy:
+        return _scrape(proxy, fake_entra)
+
+
+def _scrape(proxy: ProxyProcess, fake_entra: FakeEntra) -> Scrape:
     assert requests.get(proxy.url(ARM), headers=META, timeout=10).status_code == 200
     rejected = requests.get(proxy.url(ARM, client_id=UNKNOWN_CLIENT_ID), headers=META, timeout=10)
     assert rejected.status_code == 400

@@ -17,6 +17,7 @@ import requests
 from proxy.devissuer.satoken import mint_service_account_token
 from proxy.devissuer.signing import SigningKey
 from proxy.devissuer.trust import TrustError, parse_credential, parse_jwks
+from tests.background_server import POLL_INTERVAL
 from tests.fake_entra import FakeEntra, FakeEntraError
 
 CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -106,7 +107,7 @@ class _JwksHandler(BaseHTTPRequestHandler):
 def jwks_url(cluster_key: SigningKey) -> Iterator[str]:
     handler = type("Handler", (_JwksHandler,), {"body": json.dumps(cluster_key.jwks()).encode()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(POLL_INTERVAL,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/openid/v1/jwks"

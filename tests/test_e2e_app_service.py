@@ -5,6 +5,10 @@ The app's environment is what `imds-proxy inject --mode endpoint` gives a contai
 `IDENTITY_ENDPOINT` + `IDENTITY_HEADER` (2019-08-01) and `MSI_ENDPOINT` + `MSI_SECRET`
 (2017-09-01), all naming the proxy's `/msi/token` and one per-pod secret. Every request is
 checked in the proxy's own request log: it reached `/msi/token`, never the IMDS path.
+
+The SDKs run as processes against the proxy's server in this process; the secret read from
+a file is checked against the real proxy process. The endpoint's refusals without SDKs are
+checked in process: tests/inprocess/test_app_service.py.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
+from tests.in_process import InProcessProxy, running_in_process
 from tests.jwt_claims import claims
 from tests.proxy_process import ProxyProcess, running_proxy
 from tests.test_e2e_js_client import JS, js_sdk  # noqa: F401 - the fixture, shared
@@ -57,14 +61,17 @@ print(json.dumps({"token": token.token, "expires_on": token.expires_on}))
 
 
 @pytest.fixture
-def proxy(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ProxyProcess]:
-    """The real proxy, given the pod's secret as the injector gives it (env IDENTITY_HEADER)."""
+def proxy(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[InProcessProxy]:
+    """The proxy's server (in this process: the SDKs are the processes here), given the pod's
+    secret as the injector gives it (env IDENTITY_HEADER)."""
     env = {**fake_entra.env(), "IDENTITY_HEADER": SECRET}
-    with running_proxy(env, tmp_path) as process:
-        yield process
+    with running_in_process(env, tmp_path) as server:
+        yield server
 
 
-def app_env(proxy: ProxyProcess, secret: str = SECRET, **extra: str) -> dict[str, str]:
+def app_env(
+    proxy: ProxyProcess | InProcessProxy, secret: str = SECRET, **extra: str
+) -> dict[str, str]:
     """The app container's environment in endpoint mode, and nothing that reaches IMDS."""
     endpoint = proxy.base + "/msi/token"
     return {
@@ -92,12 +99,12 @@ def token_of(done: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
     return result
 
 
-def token_lines(proxy: ProxyProcess) -> list[dict[str, object]]:
+def token_lines(proxy: ProxyProcess | InProcessProxy) -> list[dict[str, object]]:
     """The proxy's request lines for token requests of either protocol."""
     return [line for line in proxy.logs() if "token request" in str(line.get("event"))]
 
 
-def assert_only_app_service(proxy: ProxyProcess, api_version: str) -> None:
+def assert_only_app_service(proxy: ProxyProcess | InProcessProxy, api_version: str) -> None:
     """Stops the proxy (its log is flushed on the way out), then reads its request lines."""
     proxy.stop()
     lines = token_lines(proxy)
@@ -113,7 +120,7 @@ def assert_issued(result: Mapping[str, object], resource: str, client_id: str) -
     assert issued["appid"] == client_id
 
 
-def test_current_azure_identity_uses_2019(proxy: ProxyProcess, fake_entra: FakeEntra) -> None:
+def test_current_azure_identity_uses_2019(proxy: InProcessProxy, fake_entra: FakeEntra) -> None:
     result = token_of(run_python(CURRENT_MANAGED_IDENTITY, app_env(proxy), ARM))
     assert_issued(result, ARM, fake_entra.info.client_id)
     issued = claims(str(result["token"]))
@@ -121,12 +128,12 @@ def test_current_azure_identity_uses_2019(proxy: ProxyProcess, fake_entra: FakeE
     assert_only_app_service(proxy, "2019-08-01")
 
 
-def test_current_azure_identity_user_assigned(proxy: ProxyProcess) -> None:
+def test_current_azure_identity_user_assigned(proxy: InProcessProxy) -> None:
     result = token_of(run_python(CURRENT_MANAGED_IDENTITY, app_env(proxy), VAULT, SECOND_CLIENT_ID))
     assert_issued(result, VAULT, SECOND_CLIENT_ID)
 
 
-def test_default_azure_credential(proxy: ProxyProcess, fake_entra: FakeEntra) -> None:
+def test_default_azure_credential(proxy: InProcessProxy, fake_entra: FakeEntra) -> None:
     result = token_of(run_python(CURRENT_DEFAULT, app_env(proxy), ARM))
     assert_issued(result, ARM, fake_entra.info.client_id)
     assert_only_app_service(proxy, "2019-08-01")
@@ -134,7 +141,7 @@ def test_default_azure_credential(proxy: ProxyProcess, fake_entra: FakeEntra) ->
 
 def test_azure_identity_1_5_uses_2017(
     old_sdks: dict[str, Path],  # noqa: F811 - the shared fixture
-    proxy: ProxyProcess,
+    proxy: InProcessProxy,
     fake_entra: FakeEntra,
 ) -> None:
     folder = old_sdks["azure-identity"]
@@ -149,7 +156,7 @@ def test_azure_identity_1_5_uses_2017(
 
 def test_msrestazure_uses_2017(
     old_sdks: dict[str, Path],  # noqa: F811 - the shared fixture
-    proxy: ProxyProcess,
+    proxy: InProcessProxy,
     fake_entra: FakeEntra,
 ) -> None:
     """msrestazure takes the App Service path only where App Service's own
@@ -165,7 +172,7 @@ def test_msrestazure_uses_2017(
 
 def test_msrestazure_without_the_app_service_marker_is_refused_clearly(
     old_sdks: dict[str, Path],  # noqa: F811 - the shared fixture
-    proxy: ProxyProcess,
+    proxy: InProcessProxy,
 ) -> None:
     done = run_python(MSRESTAZURE, app_env(proxy), VAULT, folder=old_sdks["msrestazure"])
     assert done.returncode != 0
@@ -177,7 +184,7 @@ def test_msrestazure_without_the_app_service_marker_is_refused_clearly(
 
 def test_javascript_sdk_uses_2019(
     js_sdk: Path,  # noqa: F811 - the shared fixture
-    proxy: ProxyProcess,
+    proxy: InProcessProxy,
     fake_entra: FakeEntra,
 ) -> None:
     env = {**app_env(proxy), "HOME": os.environ.get("HOME", "/root")}
@@ -192,57 +199,12 @@ def test_javascript_sdk_uses_2019(
     assert_only_app_service(proxy, "2019-08-01")
 
 
-@pytest.mark.parametrize(
-    ("api_version", "header", "selector"),
-    [("2019-08-01", "X-IDENTITY-HEADER", "client_id"), ("2017-09-01", "secret", "clientid")],
-)
-def test_wrong_or_missing_secret_is_refused(
-    proxy: ProxyProcess, fake_entra: FakeEntra, api_version: str, header: str, selector: str
-) -> None:
-    url = f"{proxy.base}/msi/token?resource={VAULT}&api-version={api_version}"
-    wrong = SECRET[:-1] + ("0" if SECRET[-1] != "0" else "1")
-    other_header = "secret" if header != "secret" else "X-IDENTITY-HEADER"
-    for headers in ({}, {header: wrong}, {header: ""}, {other_header: SECRET}):
-        answer = requests.get(url, headers=headers, timeout=5)
-        assert answer.status_code == 401, (headers, answer.text)
-        assert "access_token" not in answer.text and SECRET not in answer.text
-    no_resource = f"{proxy.base}/msi/token?api-version={api_version}"
-    assert requests.get(no_resource, headers={header: wrong}, timeout=5).status_code == 401
-    assert requests.get(no_resource, headers={header: SECRET}, timeout=5).status_code == 400
-    user_assigned = url + f"&{selector}={SECOND_CLIENT_ID}"
-    good = requests.get(user_assigned, headers={header: SECRET}, timeout=5)
-    assert good.status_code == 200, good.text
-    assert claims(good.json()["access_token"])["appid"] == SECOND_CLIENT_ID
-    assert fake_entra.stats()["token_requests"]["total"] == 1, "refusals never reach Entra ID"
-    proxy.stop()
-    assert SECRET not in proxy.log_text() and wrong not in proxy.log_text()
-    refused = [line for line in token_lines(proxy) if line["status"] == 401]
-    assert len(refused) == 5 and {line["error"] for line in refused} == {"identity_header"}
-
-
-def test_an_sdk_with_the_wrong_secret_gets_no_token(proxy: ProxyProcess) -> None:
+def test_an_sdk_with_the_wrong_secret_gets_no_token(proxy: InProcessProxy) -> None:
     done = run_python(CURRENT_MANAGED_IDENTITY, app_env(proxy, secret="not-the-pods-uid"), ARM)
     assert done.returncode != 0
     assert b"does not match" in done.stderr
     proxy.stop()
     assert [line["status"] for line in token_lines(proxy)] == [401]
-
-
-def test_without_a_configured_secret_every_request_is_refused(
-    fake_entra: FakeEntra, tmp_path: Path
-) -> None:
-    with running_proxy(fake_entra.env(), tmp_path) as proxy:
-        # Nothing about the endpoint until something calls it (redirect-mode pods never do).
-        assert not [line for line in proxy.logs() if "App Service" in str(line["event"])]
-        for header in ("X-IDENTITY-HEADER", "secret"):
-            version = "2019-08-01" if header != "secret" else "2017-09-01"
-            url = f"{proxy.base}/msi/token/?resource={VAULT}&api-version={version}"
-            for value in ("", "anything"):
-                answer = requests.get(url, headers={header: value}, timeout=5)
-                assert answer.status_code == 401
-                assert "no identity header configured" in answer.text
-    starts = [line for line in proxy.logs() if "refuses every request" in str(line["event"])]
-    assert len(starts) == 1
 
 
 def test_secret_from_a_file(fake_entra: FakeEntra, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.background_server import POLL_INTERVAL
 from tests.fake_entra import FakeEntra
 from tests.proxy_process import running_proxy
 
@@ -65,7 +66,7 @@ class _Tunnel(socketserver.BaseRequestHandler):
 @pytest.fixture
 def connect_proxy() -> Iterator[ConnectProxy]:
     server = ConnectProxy()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(POLL_INTERVAL,), daemon=True)
     thread.start()
     yield server
     server.shutdown()

@@ -1,9 +1,10 @@
 """The sidecar never takes its pod down: against the real process and a hostile fake Entra ID.
 
-Entra hanging, trickling, answering garbage or huge bodies; SIGTERM with hundreds of
-requests in flight; idle sockets and slowloris on the metrics port; malformed requests that
-carry secrets; storms of new resources. Each test bounds its own traffic (counts and
-timeouts) and sends it to loopback only.
+Entra hanging or trickling; SIGTERM with hundreds of requests in flight; idle sockets and
+slowloris on the metrics port; storms of new resources. Each test bounds its own traffic
+(counts and timeouts) and sends it to loopback only. Malformed requests that carry secrets,
+Entra answering garbage or huge bodies, undecodable queries: tests/inprocess/
+test_hostile_input.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import pytest
 import requests
 
 from tests.fake_entra import FakeEntra
@@ -29,6 +29,9 @@ ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}
 PROBE_BUDGET = 1.0
 """What the kubelet gives a readiness probe (timeoutSeconds: 1)."""
+HANG_DEADLINE = 8.0
+"""--entra-timeout while Entra hangs: longer than the probes take (10 of them, under a
+second each), shorter than the 30 s this test once waited."""
 
 
 def timed_get(url: str, **kw: object) -> tuple[int, float]:
@@ -88,10 +91,12 @@ def test_probes_and_metrics_answer_within_a_second_while_40_exchanges_hang(
     fake_entra: FakeEntra, tmp_path: Path
 ) -> None:
     fake_entra.behave(mode="hang")
-    args = ["--entra-timeout=30", "--new-resource-burst=100"]
+    # The exchanges hang for their whole deadline: long enough for every probe below, with
+    # room on a loaded machine, and no longer (the answers wait for it).
+    args = [f"--entra-timeout={HANG_DEADLINE:g}", "--new-resource-burst=100"]
     with running_proxy(fake_entra.env(), tmp_path, args) as proxy:
         urls = [proxy.url(f"https://hang-{i}.example") for i in range(40)]
-        results = fire_in_background(urls, timeout=40)
+        results = fire_in_background(urls, timeout=HANG_DEADLINE + 10)
         wait_for(
             lambda: fake_entra.stats()["token_requests"]["in_flight"] >= 4,
             10,
@@ -231,89 +236,7 @@ def test_a_connection_that_never_completes_its_headers_is_closed(
         assert took < 5.0 + 1.5, took
 
 
-# -- nothing from a request reaches a log ----------------------------------------------
-
-JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQtc3ViamVjdCJ9.c2lnbmF0dXJlLXZhbHVl"
-SECRET = "app-service-secret-0123456789"
-
-
-def raw_request(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(payload)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
-MALFORMED = [
-    b"GET /metadata/identity/oauth2/token?resource=" + JWT.encode() + b" junk HTTP/1.1\r\n\r\n",
-    b"GET /a HTTP/1.1\r\nHost: x\r\nX-Token: " + JWT.encode() + b"\x01\r\n\r\n",
-    b"GET /msi/token?resource=x HTTP/1.1\r\nX-IDENTITY-HEADER: "
-    + SECRET.encode()
-    + b"\x7f\r\n\r\n",
-    b"GET /metadata/identity/oauth2/token?resource=" + JWT.encode() + b"\r\n\r\n",  # HTTP/0.9
-    b"GET /metadata/identity/oauth2/token?resource=x\rMetadata: " + JWT.encode() + b"\r\n\r\n",
-    b"G\x00T / HTTP/1.1\r\n\r\n",
-]
-
-
-def test_malformed_requests_are_answered_as_json_and_never_echo_or_log_secrets(
-    fake_entra: FakeEntra, tmp_path: Path
-) -> None:
-    env = {**fake_entra.env(), "IDENTITY_HEADER": SECRET}
-    with running_proxy(env, tmp_path) as proxy:
-        for payload in MALFORMED:
-            answer = raw_request(proxy.port, payload)
-            head, _, body = answer.partition(b"\r\n\r\n")
-            assert b" 400 " in head.split(b"\r\n")[0], answer[:200]
-            assert JWT.encode() not in answer and SECRET.encode() not in answer
-            assert body.startswith(b'{"error": "invalid_request"'), body[:200]
-        assert requests.get(proxy.url(ARM), headers=META, timeout=10).status_code == 200
-        proxy.stop()
-    text = proxy.log_text()
-    assert JWT not in text and SECRET not in text
-    assert JWT.split(".")[1] not in text
-    refused = [line for line in proxy.logs() if line["event"] == "malformed request refused"]
-    assert 1 <= len(refused) <= 2, "logged, at a bounded rate"
-
-
-# -- Entra's answers are bounded and judged; a storm of new resources is not an Entra storm
-
-
-@pytest.mark.parametrize("mode", ["html", "truncated", "huge"])
-def test_entra_garbage_is_transient_bounded_and_never_passed_on(
-    fake_entra: FakeEntra, tmp_path: Path, mode: str
-) -> None:
-    fake_entra.behave(mode=mode)
-    with running_proxy(fake_entra.env(), tmp_path) as proxy:
-        answer = requests.get(proxy.url(ARM), headers=META, timeout=20)
-        assert answer.status_code == 503 and "Retry-After" in answer.headers
-        assert len(answer.content) < 2048
-        status = requests.get(proxy.base + "/status", timeout=5)
-        assert len(status.content) < 4096
-        proxy.stop()
-    assert proxy.log_path.stat().st_size < 64 * 1024
-
-
-def test_undecodable_query_values_are_refused_not_guessed(
-    fake_entra: FakeEntra, tmp_path: Path
-) -> None:
-    with running_proxy(fake_entra.env(), tmp_path) as proxy:
-        answer = requests.get(
-            proxy.base + "/metadata/identity/oauth2/token?api-version=2018-02-01"
-            "&resource=https://X%ff%fe/",
-            headers=META,
-            timeout=10,
-        )
-        assert answer.status_code == 400 and "UTF-8" in answer.json()["error_description"]
-    assert fake_entra.stats()["token_requests"]["total"] == 0
+# -- a storm of new resources is not an Entra storm
 
 
 def test_2000_distinct_bogus_resources_in_20_seconds_cost_entra_a_bounded_few(

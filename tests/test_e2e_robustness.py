@@ -12,8 +12,8 @@ import requests
 
 from proxy.imds import TOKEN_PATH
 from tests.fake_entra import FakeEntra
+from tests.metrics_text import sample
 from tests.proxy_process import ProxyProcess, running_proxy
-from tests.test_e2e_operations import sample
 
 META = {"Metadata": "true"}
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import requests
 
 from tests.fake_entra import FakeEntra
+from tests.metrics_text import sample
 from tests.proxy_process import ROOT, ProxyProcess, running_proxy
-from tests.test_e2e_operations import sample
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

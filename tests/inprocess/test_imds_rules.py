@@ -1,4 +1,5 @@
-"""The rules real callers depend on (IMDS-COMPAT.md section 6), each against the real process."""
+"""The rules real callers depend on (IMDS-COMPAT.md section 6), each against the proxy's
+server in process."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import requests
 from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
 from tests.imds_contract import TOKEN_FIELDS
+from tests.in_process import InProcessProxy, running_in_process
 from tests.jwt_claims import claims
-from tests.proxy_process import ProxyProcess, running_proxy
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}
@@ -65,7 +66,7 @@ def retry_after_of(response: requests.Response) -> int:
 # -- success ------------------------------------------------------------------------------
 
 
-def test_success_json_is_compact_one_line_in_imds_order(proxy: ProxyProcess) -> None:
+def test_success_json_is_compact_one_line_in_imds_order(proxy: InProcessProxy) -> None:
     for _ in range(2):  # the exchange, then the cached hit
         response = get(proxy.url(ARM))
         raw = response.content
@@ -76,7 +77,9 @@ def test_success_json_is_compact_one_line_in_imds_order(proxy: ProxyProcess) -> 
         assert response.headers["Content-Type"].startswith("application/json")
 
 
-def test_every_field_has_the_form_clients_parse(proxy: ProxyProcess, fake_entra: FakeEntra) -> None:
+def test_every_field_has_the_form_clients_parse(
+    proxy: InProcessProxy, fake_entra: FakeEntra
+) -> None:
     for query in ({}, {"client_id": SECOND_CLIENT_ID}, {"object_id": fake_entra.object_id()}):
         for resource in (ARM, "https://vault.azure.net"):
             assert_well_formed_token(get(proxy.url(resource, **query)), resource)  # miss
@@ -89,7 +92,7 @@ def test_every_field_has_the_form_clients_parse(proxy: ProxyProcess, fake_entra:
 @pytest.mark.parametrize(
     "version", ["2018-02-01", "2019-08-01", "2019-11-01", "2021-02-01", "2023-07-01", "2025-04-07"]
 )
-def test_api_versions_from_2018_on_are_accepted(proxy: ProxyProcess, version: str) -> None:
+def test_api_versions_from_2018_on_are_accepted(proxy: InProcessProxy, version: str) -> None:
     assert_well_formed_token(get(proxy.url(ARM, **{"api-version": version})), ARM)
 
 
@@ -103,7 +106,7 @@ def test_api_versions_from_2018_on_are_accepted(proxy: ProxyProcess, version: st
     ],
 )
 def test_unencoded_and_encoded_resources_with_or_without_trailing_slash(
-    proxy: ProxyProcess, resource: str
+    proxy: InProcessProxy, resource: str
 ) -> None:
     raw = assert_well_formed_token(get(proxy.url(resource)), resource)
     assert claims(raw["access_token"])["aud"] == resource
@@ -116,7 +119,7 @@ def test_unencoded_and_encoded_resources_with_or_without_trailing_slash(
     "content_type",
     ["application/x-www-form-urlencoded; charset=utf-8", "application/json", "text/plain"],
 )
-def test_a_content_type_header_on_get_is_accepted(proxy: ProxyProcess, content_type: str) -> None:
+def test_a_content_type_header_on_get_is_accepted(proxy: InProcessProxy, content_type: str) -> None:
     """ms-rest-nodeauth sends a form Content-Type on its GET."""
     response = get(proxy.url(ARM), headers={**META, "Content-Type": content_type})
     assert_well_formed_token(response, ARM)
@@ -133,7 +136,7 @@ def test_a_content_type_header_on_get_is_accepted(proxy: ProxyProcess, content_t
     ],
 )
 def test_without_metadata_400_never_says_identity_not_found(
-    proxy: ProxyProcess, fake_entra: FakeEntra, query: dict[str, str]
+    proxy: InProcessProxy, fake_entra: FakeEntra, query: dict[str, str]
 ) -> None:
     """MSAL.NET's probe succeeds only on 400; Azure.Identity reads 'Identity not found' as
     'this identity is not assigned'."""
@@ -149,14 +152,14 @@ def test_without_metadata_400_never_says_identity_not_found(
 
 
 @pytest.fixture
-def proxy_without_default(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ProxyProcess]:
+def proxy_without_default(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[InProcessProxy]:
     env = {k: v for k, v in fake_entra.env().items() if k != "AZURE_CLIENT_ID"}
-    with running_proxy(env, tmp_path) as process:
+    with running_in_process(env, tmp_path) as process:
         yield process
 
 
 def test_identity_errors_are_400_identity_not_found_never_404_or_410(
-    proxy: ProxyProcess, proxy_without_default: ProxyProcess, fake_entra: FakeEntra
+    proxy: InProcessProxy, proxy_without_default: InProcessProxy, fake_entra: FakeEntra
 ) -> None:
     cases = [
         proxy.url(ARM, client_id=UNKNOWN_CLIENT),
@@ -181,7 +184,7 @@ def test_an_identity_not_federated_with_the_pod_is_identity_not_found(
 ) -> None:
     """Once the propagation window is over (here: none), the rejection is final."""
     fake_entra.set_federated_credentials([], client_id=SECOND_CLIENT_ID)
-    with running_proxy(fake_entra.env(), tmp_path, ["--propagation-window=0"]) as proxy:
+    with running_in_process(fake_entra.env(), tmp_path, ["--propagation-window=0"]) as proxy:
         response = get(proxy.url(ARM, client_id=SECOND_CLIENT_ID))
     assert response.status_code == 400
     assert response.json()["error_description"].startswith("Identity not found: AADSTS70021")
@@ -206,7 +209,7 @@ def test_transient_failures_are_never_400_and_retry_after_is_small(
         ({"mode": "fail", "status": 502}, {"object_id": fake_entra.object_id()}),
         ({}, {"missing_token_file": "yes"}),
     ]
-    with running_proxy(env, tmp_path, ["--entra-timeout=1"]) as proxy:
+    with running_in_process(env, tmp_path, ["--entra-timeout=1"]) as proxy:
         for number, (behaviour, query) in enumerate(troubles):
             fake_entra.reset()
             fake_entra.behave(**behaviour)
@@ -221,7 +224,7 @@ def test_transient_failures_are_never_400_and_retry_after_is_small(
 
 
 def test_retry_after_is_at_most_60_while_entras_longer_one_is_honoured(
-    proxy: ProxyProcess, fake_entra: FakeEntra
+    proxy: InProcessProxy, fake_entra: FakeEntra
 ) -> None:
     fake_entra.behave(mode="throttle", retry_after=3600)
     assert retry_after_of(get(proxy.url(ARM))) == 60

@@ -1,5 +1,6 @@
-"""Identity selectors through the real process: `object_id`, `msi_res_id`, `mi_res_id` and
-`msi-res-id` are served as the identity whose tokens carry those ids, or as mapped."""
+"""Identity selectors through the proxy's server, in process: `object_id`, `msi_res_id`,
+`mi_res_id` and `msi-res-id` are served as the identity whose tokens carry those ids, or as
+mapped."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import requests
 from proxy.config import IDENTITIES_ENV
 from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
+from tests.in_process import InProcessProxy, running_in_process
 from tests.jwt_claims import claims
-from tests.proxy_process import ProxyProcess, running_proxy
 
 ARM = "https://management.azure.com/"
 VAULT = "https://vault.azure.net"
@@ -49,7 +50,7 @@ def arm_spelling(resource_id: str) -> str:
 
 
 def test_object_id_is_resolved_by_the_exchange_that_serves_it(
-    proxy: ProxyProcess, fake_entra: FakeEntra
+    proxy: InProcessProxy, fake_entra: FakeEntra
 ) -> None:
     body = token_of(get(proxy.url(ARM, object_id=fake_entra.object_id())))
     assert body["client_id"] == fake_entra.info.client_id
@@ -64,7 +65,7 @@ def test_object_id_is_resolved_by_the_exchange_that_serves_it(
 
 @pytest.mark.parametrize("param", ["msi_res_id", "mi_res_id", "msi-res-id"])
 def test_resource_ids_select_case_insensitively(
-    proxy: ProxyProcess, fake_entra: FakeEntra, param: str
+    proxy: InProcessProxy, fake_entra: FakeEntra, param: str
 ) -> None:
     assert get(proxy.url(VAULT)).status_code == 200  # any exchange teaches the ids
     selected = arm_spelling(fake_entra.resource_id())
@@ -75,7 +76,9 @@ def test_resource_ids_select_case_insensitively(
 
 
 def test_a_configured_identity_is_learned_on_demand(fake_entra: FakeEntra, tmp_path: Path) -> None:
-    with running_proxy(fake_entra.env(), tmp_path, [f"--identity={SECOND_CLIENT_ID}"]) as proxy:
+    with running_in_process(
+        fake_entra.env(), tmp_path, [f"--identity={SECOND_CLIENT_ID}"]
+    ) as proxy:
         body = token_of(get(proxy.url(ARM, object_id=fake_entra.object_id(SECOND_CLIENT_ID))))
         assert body["client_id"] == SECOND_CLIENT_ID
         assert claims(body["access_token"])["appid"] == SECOND_CLIENT_ID
@@ -90,7 +93,7 @@ def test_mappings_cover_ids_that_tokens_do_not_reveal(
     mapped_object_id = "5a5a5a5a-6b6b-4c7c-8d8d-9e9e9e9e9e9e"
     env = {**fake_entra.env(), IDENTITIES_ENV: f"{SECOND_CLIENT_ID},object_id={mapped_object_id}"}
     args = [f"--identity={fake_entra.info.client_id},resource_id={UNREVEALED_RESOURCE_ID}"]
-    with running_proxy(env, tmp_path, args) as proxy:
+    with running_in_process(env, tmp_path, args) as proxy:
         by_object = token_of(get(proxy.url(ARM, object_id=mapped_object_id.upper())))
         assert by_object["client_id"] == SECOND_CLIENT_ID
         by_resource = token_of(get(proxy.url(ARM, mi_res_id=UNREVEALED_RESOURCE_ID.lower())))
@@ -99,7 +102,7 @@ def test_mappings_cover_ids_that_tokens_do_not_reveal(
 
 
 def test_a_selector_matching_nobody_is_identity_not_found_until_learned(
-    proxy: ProxyProcess, fake_entra: FakeEntra
+    proxy: InProcessProxy, fake_entra: FakeEntra
 ) -> None:
     second_oid = fake_entra.object_id(SECOND_CLIENT_ID)
     for selector in ({"object_id": UNKNOWN_OBJECT_ID}, {"object_id": second_oid}):
@@ -118,7 +121,7 @@ def test_a_selector_matching_nobody_is_identity_not_found_until_learned(
 
 
 def test_azure_cli_245_retrying_a_client_id_as_object_id(
-    proxy: ProxyProcess, fake_entra: FakeEntra
+    proxy: InProcessProxy, fake_entra: FakeEntra
 ) -> None:
     """`az login --identity --username ID` sends ID as client_id; on a 400 whose reason is
     Bad Request it sends the same ID as object_id."""
@@ -131,7 +134,7 @@ def test_azure_cli_245_retrying_a_client_id_as_object_id(
 
 
 def test_an_outage_while_learning_is_503_then_resolves(
-    proxy: ProxyProcess, fake_entra: FakeEntra
+    proxy: InProcessProxy, fake_entra: FakeEntra
 ) -> None:
     fake_entra.behave(mode="fail", status=503, retry_after=1)
     response = get(proxy.url(ARM, object_id=fake_entra.object_id()))
@@ -147,7 +150,7 @@ def test_an_outage_while_learning_is_503_then_resolves(
 
 
 def test_two_identity_parameters_naming_different_ids_are_refused(
-    proxy: ProxyProcess, fake_entra: FakeEntra
+    proxy: InProcessProxy, fake_entra: FakeEntra
 ) -> None:
     response = get(proxy.url(ARM, client_id=fake_entra.info.client_id, object_id=UNKNOWN_OBJECT_ID))
     assert response.status_code == 400
