@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import SECOND_CLIENT_ID
 from tests.fake_entra import FakeEntra
