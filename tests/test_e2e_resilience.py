@@ -141,7 +141,7 @@ def test_sigterm_with_200_requests_in_flight_exits_within_the_grace_answering_al
     fake_entra: FakeEntra, tmp_path: Path
 ) -> None:
     fake_entra.behave(delay=30)  # slower than the grace: nothing finishes on its own
-    args = ["--shutdown-grace=10", "--new-resource-burst=1000"]
+    args = ["--shutdown-grace=6", "--new-resource-burst=1000"]
     proxy = ProxyProcess(fake_entra.env(), tmp_path, args, drain_idle=3.0).start()
     assert proxy.proc is not None
     try:
@@ -161,7 +161,7 @@ def test_sigterm_with_200_requests_in_flight_exits_within_the_grace_answering_al
     finally:
         proxy.stop()
     assert code == 0
-    assert took < 11.0, took
+    assert took < 7.0, took
     assert all(isinstance(r, int) for r in done), [r for r in done if not isinstance(r, int)]
     assert set(done) <= {503}, set(done)
     stopped = [line for line in proxy.logs() if line["event"] == "stopped the proxy server"]
@@ -239,18 +239,18 @@ def test_a_connection_that_never_completes_its_headers_is_closed(
 # -- a storm of new resources is not an Entra storm
 
 
-def test_2000_distinct_bogus_resources_in_20_seconds_cost_entra_a_bounded_few(
+def test_1000_distinct_bogus_resources_in_5_seconds_cost_entra_a_bounded_few(
     fake_entra: FakeEntra, tmp_path: Path
 ) -> None:
     with running_proxy(fake_entra.env(), tmp_path) as proxy:
         started = time.monotonic()
-        urls = [proxy.url(f"https://bogus-{i}.example") for i in range(2000)]
+        urls = [proxy.url(f"https://bogus-{i}.example") for i in range(1000)]
         statuses: list[int | str] = []
-        for batch in range(10):  # 200 at a time, spread over about 20 s
+        for batch in range(5):  # 200 at a time, spread over about 5 s
             statuses += fire_in_background(urls[batch * 200 : (batch + 1) * 200], 30)()
-            time.sleep(max(0.0, started + 2.0 * (batch + 1) - time.monotonic()))
+            time.sleep(max(0.0, started + 1.0 * (batch + 1) - time.monotonic()))
         elapsed = time.monotonic() - started
         calls = fake_entra.stats()["token_requests"]["total"]
         assert calls <= 20 + 2 * elapsed + 2, (calls, elapsed)  # the bucket: burst + rate
-        assert statuses.count(429) >= 2000 - calls
+        assert statuses.count(429) >= 1000 - calls
         assert requests.get(proxy.url(ARM), headers=META, timeout=10).status_code in (200, 429)
