@@ -21,7 +21,6 @@ from aiohttp import HttpVersion10, web
 from proxy.answers import Answer
 from proxy.appservice import AppServiceProtocol
 from proxy.assertion import AssertionSource
-from proxy.config import Settings
 from proxy.counters import RequestMetrics
 from proxy.failures import Failure
 from proxy.forward import Forwarder
@@ -61,11 +60,32 @@ _REFUSED = {
 }
 
 
+@dataclass(frozen=True)
+class ServedIdentity:
+    """The identity the proxy answers for by default, as /status and /report show it."""
+
+    tenant_id: str
+    client_id: str | None
+    source: str | None = None
+    """Where the webhook found the client id (`IMDS_PROXY_IDENTITY_SOURCE`), if it did."""
+    prefetch_resources: tuple[str, ...] = ()
+
+    @property
+    def prefetch_keys(self) -> list[TokenKey]:
+        """The tokens fetched at start, which readiness waits for."""
+        if self.client_id is None:
+            return []
+        return [
+            TokenKey(self.tenant_id, self.client_id, scope_for(resource))
+            for resource in self.prefetch_resources
+        ]
+
+
 @dataclass
 class Proxy:
     """The live objects the routes answer from."""
 
-    settings: Settings
+    identity: ServedIdentity
     cache: TokenCache
     assertion: AssertionSource
     forwarder: Forwarder
@@ -73,16 +93,6 @@ class Proxy:
     identities: IdentityDirectory
     clock: Callable[[], float] = time.time
     callers: CallerUsage = field(default_factory=CallerUsage)
-
-    @property
-    def prefetch_keys(self) -> list[TokenKey]:
-        client_id = self.settings.client_id
-        if client_id is None:
-            return []
-        return [
-            TokenKey(self.settings.tenant_id, client_id, scope_for(resource))
-            for resource in self.settings.prefetch_resources
-        ]
 
     def not_ready_reasons(self) -> list[str]:
         """Why the proxy cannot serve tokens now; empty when it can. Computed from what the
@@ -93,7 +103,8 @@ class Proxy:
             self.assertion.current()
         except CredentialUnavailable as exc:
             reasons.append(exc.description)
-        missing = [k.scope for k in self.prefetch_keys if not self.cache.holds_valid(k)]
+        keys = self.identity.prefetch_keys
+        missing = [k.scope for k in keys if not self.cache.holds_valid(k)]
         if missing:
             reasons.append("prefetched tokens not cached yet: " + ", ".join(missing))
         return reasons

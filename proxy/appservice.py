@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.answers import Refusal
-from proxy.config import Settings
 from proxy.failures import Failure
 from proxy.identity_header import IdentityHeaderSecret
 from proxy.imds import parse_wanted_token
@@ -255,11 +254,6 @@ class AppServiceProtocol:
         if secret.configured:
             source = "--identity-header-file" if secret.path else "IDENTITY_HEADER"
             log.info("App Service endpoint serves tokens", path=APP_SERVICE_PATH, secret=source)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AppServiceProtocol:
-        secret = IdentityHeaderSecret(settings.identity_header, settings.identity_header_file)
-        return cls(secret, settings.tenant_id, settings.client_id)
 
     def parse(
         self, request: web.BaseRequest

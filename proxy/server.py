@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy import __version__, logs
-from proxy.app import Proxy, ProxyHttp
+from proxy.app import Proxy, ProxyHttp, ServedIdentity
 from proxy.appservice import AppServiceProtocol
 from proxy.assertion import AssertionSource
 from proxy.config import Settings
@@ -40,6 +40,7 @@ from proxy.counters import ExchangeMetrics, RequestMetrics
 from proxy.eventloop import running_loop_name
 from proxy.forward import Forwarder
 from proxy.identities import IdentityDirectory
+from proxy.identity_header import IdentityHeaderSecret
 from proxy.imds import ImdsProtocol
 from proxy.listener import BoundedServer
 from proxy.logs import get_logger
@@ -107,7 +108,12 @@ class ProxyServer:
         )
         self.forwarder = Forwarder(settings.imds_upstream)
         self.proxy = Proxy(
-            settings,
+            ServedIdentity(
+                settings.tenant_id,
+                settings.client_id,
+                settings.identity_source,
+                tuple(settings.prefetch_resources),
+            ),
             self.cache,
             self.assertion,
             self.forwarder,
@@ -162,7 +168,11 @@ class ProxyServer:
             RequestLog(s.log_level, s.log_format),
             TokenFlow(self.cache, self.identities, self.proxy.clock),
             ImdsProtocol(s.tenant_id, s.client_id),
-            AppServiceProtocol.from_settings(s),
+            AppServiceProtocol(
+                IdentityHeaderSecret(s.identity_header, s.identity_header_file),
+                s.tenant_id,
+                s.client_id,
+            ),
         )
         server = self._token_server = BoundedServer(
             handler,
@@ -218,9 +228,9 @@ class ProxyServer:
             authority_host=s.authority_host,
             event_loop=running_loop_name(),
         )
-        if self.proxy.prefetch_keys:
+        if self.proxy.identity.prefetch_keys:
             self._background.append(
-                asyncio.create_task(self.cache.prefetch(self.proxy.prefetch_keys))
+                asyncio.create_task(self.cache.prefetch(self.proxy.identity.prefetch_keys))
             )
         self._background.append(asyncio.create_task(self._watch_service_account()))
 

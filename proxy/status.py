@@ -28,8 +28,8 @@ def status_page(proxy: Proxy) -> dict[str, Any]:
         "version": __version__,
         "ready": not reasons,
         "reasons": reasons,
-        "tenant_id": proxy.settings.tenant_id,
-        "client_id": proxy.settings.client_id,
+        "tenant_id": proxy.identity.tenant_id,
+        "client_id": proxy.identity.client_id,
         "last_failure": None if failure is None else dataclasses.asdict(failure),
         "federation_failures": [
             {"cause": cause, "phase": phase, "count": count}
@@ -40,7 +40,7 @@ def status_page(proxy: Proxy) -> dict[str, Any]:
 
 def report_page(proxy: Proxy) -> dict[str, Any]:
     report = proxy.callers.report()
-    report["identity_source"] = proxy.settings.identity_source  # where the webhook found it
+    report["identity_source"] = proxy.identity.source  # where the webhook found it
     return report
 
 
