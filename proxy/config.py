@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--probe",
         action="store_true",
-        help="poll /readyz on --proxy-port (7 tries, 1 s apart) and exit 0 when ready",
+        help="poll /readyz on --proxy-port every 0.2 s for up to 7 s (the upstream hook's "
+        "7 tries, 1 s apart) and exit 0 when ready",
     )
     add("--version", action="version", version=f"imds-proxy {__version__}")
     return parser
