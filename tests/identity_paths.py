@@ -95,3 +95,17 @@ def judged_by_proxy(status: int, headers: dict[str, str], body: bytes) -> dict[s
         assert 400 <= status < 500, (status, parsed)
         assert set(parsed) == {"error", "error_description"}, parsed
     return parsed
+
+
+def misjudged_spellings(port: int) -> list[tuple[str, int, Any]]:
+    """Every spelling sent to the proxy on `port`: the ones answered other than a token
+    where it means the token path, else a JSON 400 or 404 (empty when all are right)."""
+    assert len(TOKEN_SPELLINGS) + len(REFUSED_SPELLINGS) >= 30
+    cases = [(t, True) for t in TOKEN_SPELLINGS] + [(t, False) for t in REFUSED_SPELLINGS]
+    wrong = []
+    for target, means_token in cases:
+        status, headers, body = raw_get("127.0.0.1", port, target + QUERY, {"Metadata": "true"})
+        answer = judged_by_proxy(status, headers, body)
+        if (status == 200) != means_token or status not in (200, 400, 404):
+            wrong.append((target, status, answer.get("error")))
+    return wrong

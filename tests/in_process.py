@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import sys
 import threading
@@ -33,14 +32,12 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import requests
 import structlog
 from structlog._config import BoundLoggerLazyProxy
 
 from proxy import config, logs
-from proxy.imds import TOKEN_PATH
 from proxy.server import ProxyServer
-from tests.proxy_process import free_port
+from tests.proxy_process import ProxyHandle, free_port
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -121,7 +118,7 @@ def _forget_bound_loggers() -> None:
 _SINK = _LogSink()
 
 
-class InProcessProxy:
+class InProcessProxy(ProxyHandle):
     """The proxy's server in this process; the same handle as `ProxyProcess`."""
 
     def __init__(
@@ -151,15 +148,6 @@ class InProcessProxy:
         self._log = io.StringIO()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, resource: str | None = None, **query: str) -> str:
-        params = {"api-version": "2018-02-01", **({"resource": resource} if resource else {})}
-        params.update(query)
-        return self.base + TOKEN_PATH + "?" + "&".join(f"{k}={v}" for k, v in params.items())
 
     def start(self) -> InProcessProxy:
         _SINK.add(self._log, self.settings.log_level, self.settings.log_format)
@@ -202,19 +190,6 @@ class InProcessProxy:
 
     def log_text(self) -> str:
         return self._log.getvalue()
-
-    def logs(self) -> list[dict[str, Any]]:
-        """Every JSON log line so far (all lines must be JSON: that is checked too)."""
-        return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
-
-    def metrics(self) -> str:
-        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-
-    def __enter__(self) -> InProcessProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import requests
 
@@ -37,7 +37,46 @@ def free_port() -> int:
         return port
 
 
-class ProxyProcess:
+class ProxyHandle:
+    """What a test holds of a running proxy, a process or in process alike: its URLs, its
+    log lines and its metrics; `with` starts and stops it."""
+
+    port: int
+    metrics_port: int
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def log_text(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, resource: str | None = None, **query: str) -> str:
+        params = {"api-version": "2018-02-01", **({"resource": resource} if resource else {})}
+        params.update(query)
+        return self.base + TOKEN_PATH + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+    def logs(self) -> list[dict[str, Any]]:
+        """Every JSON log line so far (all lines must be JSON: that is checked too)."""
+        return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ProxyProcess(ProxyHandle):
     """One running proxy; `url(...)` builds request URLs, `logs()` parses its JSON lines."""
 
     def __init__(
@@ -73,15 +112,6 @@ class ProxyProcess:
         self.env.update(env)
         self._user = user
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, resource: str | None = None, **query: str) -> str:
-        params = {"api-version": "2018-02-01", **({"resource": resource} if resource else {})}
-        params.update(query)
-        return self.base + TOKEN_PATH + "?" + "&".join(f"{k}={v}" for k, v in params.items())
 
     def start(self, wait_ready: bool = False) -> ProxyProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -137,19 +167,6 @@ class ProxyProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def logs(self) -> list[dict[str, Any]]:
-        """Every JSON log line so far (all lines must be JSON: that is checked too)."""
-        return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
-
-    def metrics(self) -> str:
-        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-
-    def __enter__(self) -> ProxyProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class FakeImds(BackgroundServer):
