@@ -31,27 +31,24 @@ class Fields:
     """A request line's own fields, as whoever knows them gives them: name and value.
 
     Rendered here, once, when made: the JSON lines need `, "name": value` text (secrets
-    redacted), and the ones the hot path passes are made once per remembered query,
-    caller or failure, so a request pays nothing to render them. The console format
-    reads the names and values, kept flat (name, value, name, value...): a remembered
-    caller or query keeps one small tuple, not one per field.
+    redacted), and the ones the hot path passes are made once per remembered query or
+    failure, so a request pays nothing to render them. The console format reads the
+    values themselves.
     """
 
-    __slots__ = ("_flat", "json")
+    __slots__ = ("_fields", "json")
 
     def __init__(self, fields: Mapping[str, object] | None = None) -> None:
-        items = fields.items() if fields else ()
-        self._flat: tuple[object, ...] = tuple(itertools.chain.from_iterable(items))
-        self.json = json_fields(fields) if fields else ""
+        self._fields = dict(fields or {})
+        self.json = json_fields(self._fields) if self._fields else ""
 
     def __add__(self, other: Fields) -> Fields:
         joined = Fields.__new__(Fields)
-        joined._flat, joined.json = self._flat + other._flat, self.json + other.json
+        joined._fields, joined.json = self._fields | other._fields, self.json + other.json
         return joined
 
     def as_dict(self) -> dict[str, object]:
-        flat = self._flat
-        return {str(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        return dict(self._fields)
 
 
 def _json_field(name: str, value: object) -> str:
