@@ -16,9 +16,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/imds-proxy dev
 
+# Test workers for the tiers below the cluster: their tests mostly wait on processes and
+# sockets, so two per core (at most 8). Each worker takes whole files (--dist loadfile), so
+# a module's fixtures are built once. The cluster tier runs after them, alone.
+TEST_WORKERS ?= $(shell n=$$(( $$(nproc) * 2 )); [ $$n -gt 8 ] && n=8; echo $$n)
+
 ## Lint, type-check and run every test (root-only tests run when root).
 test: $(STAMP) system-deps lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not cluster" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -m cluster
 
 ## The unit and in-process tiers only (no process, namespace, client or cluster): about 30 s.
 test-fast: $(STAMP) lint

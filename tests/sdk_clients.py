@@ -3,7 +3,8 @@
 Every client lives in its own toolchain's cache outside the repository (Maven's ~/.m2, Go's
 module cache, npm's cache, and a virtualenv for the Azure CLI under ``CACHE``), so the first
 run on a machine downloads and later runs work from the cache; a download is retried a
-bounded number of times. Each build happens once per test session (``_once``).
+bounded number of times. Each build happens once per test session (``_once``), and one
+process at a time: parallel test workers wait for the first build, then find it done.
 
 A client runs in a subprocess with a clean environment (``clean_env``): nothing that points
 it anywhere but the metadata address, so an SDK cannot pick another managed-identity source
@@ -12,6 +13,8 @@ it anywhere but the metadata address, so an SDK cannot pick another managed-iden
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -19,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,6 +94,16 @@ def require(tool: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def _machine_lock(name: str) -> Iterator[None]:
+    """Held while one process builds ``name``: builds write shared places (CACHE, the
+    clients' folders), so a second test worker waits here and then finds the build done."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _once(build: Callable[[], T]) -> Callable[[], T]:
     """Build at most once per test session: the result, or the failure, is remembered (a
     download that failed its retries is not tried again by every test)."""
@@ -103,7 +116,8 @@ def _once(build: Callable[[], T]) -> Callable[[], T]:
             raise failure[0]
         if not outcome:
             try:
-                outcome.append(build())
+                with _machine_lock(build.__name__):
+                    outcome.append(build())
             except (ClientUnavailable, BuildFailed) as exc:
                 failure.append(exc)
                 raise
@@ -145,6 +159,9 @@ def java_classpath() -> str:
 def go_client() -> Path:
     """One Go program for both Go SDKs (``-sdk azidentity|adal``); go.sum pins the modules."""
     binary = GO_PROJECT / "bin" / "get-token"
+    sources = [GO_PROJECT / "go.mod", GO_PROJECT / "go.sum", *GO_PROJECT.glob("*.go")]
+    if _up_to_date(binary, sources):
+        return binary
     env = {**os.environ, "GOFLAGS": "-mod=readonly -buildvcs=false", "CGO_ENABLED": "0"}
     _with_retries([require("go"), "build", "-o", str(binary), "."], GO_PROJECT, env)
     return binary

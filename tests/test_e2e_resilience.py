@@ -231,6 +231,8 @@ def test_a_connection_that_never_completes_its_headers_is_closed(
                     break
             except TimeoutError:
                 continue
+            except ConnectionResetError:  # closed with our unread header in its buffer
+                break
         took = time.monotonic() - started
         slow.close()
         assert took < 5.0 + 1.5, took
