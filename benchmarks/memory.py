@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.processes import first_line
+from harness.processes import first_line
 
 BASELINE_MODULES = (
     "aiohttp.web",

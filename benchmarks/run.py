@@ -31,10 +31,10 @@ from typing import Any
 import requests
 
 from benchmarks import footprint, memory, stampede, wrk
+from harness.fake_entra import FakeEntra
+from harness.processes import answering
+from harness.proxy_process import ROOT, ProxyProcess, free_port
 from proxy.imds import TOKEN_PATH
-from tests.fake_entra import FakeEntra
-from tests.processes import answering
-from tests.proxy_process import ROOT, ProxyProcess, free_port
 
 RESOURCE = "https://management.azure.com/"
 METADATA = {"Metadata": "true"}

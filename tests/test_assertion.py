@@ -15,8 +15,8 @@ from proxy import watchedfile
 from proxy.assertion import AssertionSource
 from proxy.devissuer.satoken import write_projected_token
 from proxy.tokens.errors import CredentialUnavailable
-from tests.clock import T0, FakeClock
-from tests.rotation import read_while_rotating
+from tests.support.clock import T0, FakeClock
+from tests.support.rotation import read_while_rotating
 
 NAME = "azure-identity-token"
 

@@ -20,7 +20,7 @@ from proxy.report.cli import render
 from proxy.report.verdict import DAY, verdict
 from proxy.requestlog import RequestLog
 from proxy.usage import CallerUsage
-from tests.clock import T0, FakeClock
+from tests.support.clock import T0, FakeClock
 
 FORM = "application/x-www-form-urlencoded; charset=UTF-8"
 # (User-Agent, x-client-SKU, x-client-Ver, Content-Type) -> (client, version, supports, advice)

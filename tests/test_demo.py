@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy_process import ROOT
+from harness.proxy_process import ROOT
 
 CURL = (
     "curl -s -H 'Metadata: true' 'http://127.0.0.1:8000/metadata/identity/oauth2/token"

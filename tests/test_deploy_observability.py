@@ -24,9 +24,9 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ROOT, ProxyProcess, running_proxy
 from proxy.config import DEFAULT_METRICS_PORT
-from tests.fake_entra import FakeEntra
-from tests.proxy_process import ROOT, ProxyProcess, running_proxy
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "imds-proxy-dashboard.json"

@@ -20,18 +20,16 @@ import pytest
 import requests
 from cryptography import x509
 
+from harness.fake_entra import (
+    FakeEntra,
+    FakeEntraError,
+)
 from proxy.devissuer.exchange import object_id_of, resource_id_of
 from proxy.devissuer.pki import generate_tls_files
 from proxy.devissuer.satoken import mint_service_account_token, write_projected_token
 from proxy.devissuer.server import DEFAULT_CLIENT_ID, DEFAULT_TENANT_ID, LocalIssuer
 from proxy.devissuer.signing import SigningKey
-from tests.fake_entra import (  # noqa: F401
-    FakeEntra,
-    FakeEntraError,
-    fake_entra_fixture,
-    fake_entra_process_fixture,
-)
-from tests.rotation import read_while_rotating
+from tests.support.rotation import read_while_rotating
 
 TIMEOUT = 10.0
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

@@ -14,11 +14,11 @@ import msal
 import pytest
 import requests
 
+from harness.background_server import POLL_INTERVAL
+from harness.fake_entra import FakeEntra, FakeEntraError
 from proxy.devissuer.satoken import mint_service_account_token
 from proxy.devissuer.signing import SigningKey
 from proxy.devissuer.trust import TrustError, parse_credential, parse_jwks
-from tests.background_server import POLL_INTERVAL
-from tests.fake_entra import FakeEntra, FakeEntraError
 
 CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SUBJECT = "system:serviceaccount:shop:checkout"

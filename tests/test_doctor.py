@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_entra import FakeEntra
-from tests.proxy_process import ROOT, free_port, running_proxy
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ROOT, free_port, running_proxy
 
 
 @dataclass

@@ -17,25 +17,21 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.in_process import InProcessProxy, running_in_process
-from tests.jwt_claims import claims
-from tests.proxy_process import ProxyProcess, running_proxy
-from tests.test_e2e_js_client import JS, js_sdk  # noqa: F401 - the fixture, shared
-from tests.test_e2e_legacy_sdks import (
-    MSRESTAZURE,
-    old_sdks,  # noqa: F401 - the fixture, shared
-)
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess, running_proxy
+from tests.support.app_service import SECRET, app_env, assert_only_app_service, token_lines
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.in_process import InProcessProxy, running_in_process
+from tests.support.js_clients import JS
+from tests.support.jwt_claims import claims
+from tests.support.legacy_sdks import MSRESTAZURE
 
-SECRET = str(uuid.uuid4())  # what the downward API gives: the pod's uid
 ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
 
@@ -70,21 +66,6 @@ def proxy(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[InProcessProxy]:
         yield server
 
 
-def app_env(
-    proxy: ProxyProcess | InProcessProxy, secret: str = SECRET, **extra: str
-) -> dict[str, str]:
-    """The app container's environment in endpoint mode, and nothing that reaches IMDS."""
-    endpoint = proxy.base + "/msi/token"
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "IDENTITY_ENDPOINT": endpoint,
-        "IDENTITY_HEADER": secret,
-        "MSI_ENDPOINT": endpoint,
-        "MSI_SECRET": secret,
-        **extra,
-    }
-
-
 def run_python(
     program: str, env: Mapping[str, str], *args: str, folder: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
@@ -98,21 +79,6 @@ def token_of(done: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     result: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     return result
-
-
-def token_lines(proxy: ProxyProcess | InProcessProxy) -> list[dict[str, object]]:
-    """The proxy's request lines for token requests of either protocol."""
-    return [line for line in proxy.logs() if "token request" in str(line.get("event"))]
-
-
-def assert_only_app_service(proxy: ProxyProcess | InProcessProxy, api_version: str) -> None:
-    """Stops the proxy (its log is flushed on the way out), then reads its request lines."""
-    proxy.stop()
-    lines = token_lines(proxy)
-    assert lines, "no token request reached the proxy"
-    assert {line["event"] for line in lines} == {"received app service token request"}
-    assert {line.get("api_version") for line in lines if line["status"] == 200} == {api_version}
-    assert SECRET not in proxy.log_text()
 
 
 def assert_issued(result: Mapping[str, object], resource: str, client_id: str) -> None:
@@ -141,7 +107,7 @@ def test_default_azure_credential(proxy: InProcessProxy, fake_entra: FakeEntra) 
 
 
 def test_azure_identity_1_5_uses_2017(
-    old_sdks: dict[str, Path],  # noqa: F811 - the shared fixture
+    old_sdks: dict[str, Path],
     proxy: InProcessProxy,
     fake_entra: FakeEntra,
 ) -> None:
@@ -156,7 +122,7 @@ def test_azure_identity_1_5_uses_2017(
 
 
 def test_msrestazure_uses_2017(
-    old_sdks: dict[str, Path],  # noqa: F811 - the shared fixture
+    old_sdks: dict[str, Path],
     proxy: InProcessProxy,
     fake_entra: FakeEntra,
 ) -> None:
@@ -172,7 +138,7 @@ def test_msrestazure_uses_2017(
 
 
 def test_msrestazure_without_the_app_service_marker_is_refused_clearly(
-    old_sdks: dict[str, Path],  # noqa: F811 - the shared fixture
+    old_sdks: dict[str, Path],
     proxy: InProcessProxy,
 ) -> None:
     done = run_python(MSRESTAZURE, app_env(proxy), VAULT, folder=old_sdks["msrestazure"])
@@ -184,7 +150,7 @@ def test_msrestazure_without_the_app_service_marker_is_refused_clearly(
 
 
 def test_javascript_sdk_uses_2019(
-    js_sdk: Path,  # noqa: F811 - the shared fixture
+    js_sdk: Path,
     proxy: InProcessProxy,
     fake_entra: FakeEntra,
 ) -> None:

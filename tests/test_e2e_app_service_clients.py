@@ -16,22 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.arm_stand_in import ArmStandIn
-from tests.azure_cli import azure_cli_env, cloud_setup_commands, run_az, seed_config_dir
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import assert_client_result, assert_issued_to
-from tests.proxy_process import ProxyProcess, running_proxy
-from tests.sdk_clients import (
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess, running_proxy
+from tests.support.app_service import SECRET, app_env, assert_only_app_service, endpoint_env
+from tests.support.arm_stand_in import ArmStandIn
+from tests.support.azure_cli import azure_cli_env, cloud_setup_commands, run_az, seed_config_dir
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.jwt_claims import assert_client_result, assert_issued_to
+from tests.support.sdk_clients import (
     GO_PROJECT,
     JAVA_PROJECT,
-    clean_env,
     go_client,
     java_classpath,
     or_skip,
     run_client,
 )
-from tests.test_e2e_app_service import SECRET, app_env, assert_only_app_service
 
 ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
@@ -56,10 +55,6 @@ def go_program() -> Path:
 @pytest.fixture(scope="session")
 def classpath() -> str:
     return or_skip(java_classpath)
-
-
-def endpoint_env(proxy: ProxyProcess, home: Path) -> dict[str, str]:
-    return clean_env(home, **{k: v for k, v in app_env(proxy).items() if k != "PATH"})
 
 
 def check(result: dict[str, object], fake_entra: FakeEntra, audience: str, client_id: str) -> None:

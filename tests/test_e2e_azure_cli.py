@@ -2,9 +2,9 @@
 
 `az login --identity` asks IMDS for an ARM token through MSAL's managed-identity client,
 reads `tid` from it, and lists the identity's subscriptions from Resource Manager (here a
-loopback stand-in over TLS, tests/arm_stand_in.py); `az account get-access-token` then asks
+loopback stand-in over TLS, tests/support/arm_stand_in.py); `az account get-access-token` then asks
 IMDS for the resource's token. IMDS is reached through HTTP_PROXY (az's requests honour it);
-nothing else leaves loopback (tests/azure_cli.py).
+nothing else leaves loopback (tests/support/azure_cli.py).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.arm_stand_in import SUBSCRIPTION_ID, ArmStandIn
-from tests.azure_cli import azure_cli_env, cloud_setup_commands, run_az, seed_config_dir
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import assert_issued_to
-from tests.proxy_process import ProxyProcess
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess
+from tests.support.arm_stand_in import SUBSCRIPTION_ID, ArmStandIn
+from tests.support.azure_cli import azure_cli_env, cloud_setup_commands, run_az, seed_config_dir
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.jwt_claims import assert_issued_to
 
 ARM_AUDIENCE = "https://management.core.windows.net/"
 VAULT = "https://vault.azure.net"

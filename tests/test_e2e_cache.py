@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 import requests
 
-from tests.fake_entra import FakeEntra
-from tests.proxy_process import ProxyProcess, running_proxy
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess, running_proxy
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

@@ -25,11 +25,11 @@ import requests
 from azure.identity import ManagedIdentityCredential
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.proxy_process import ProxyProcess
 from proxy.callers import DIRECT, FAMILIES
 from proxy.imds import TOKEN_PATH
-from tests.proxy_process import ProxyProcess
-from tests.test_e2e_js_client import JS, js_sdk, node_get_token  # noqa: F401
-from tests.test_e2e_legacy_sdks import AZURE_IDENTITY_1_5, MSRESTAZURE, old_sdks, run_old  # noqa: F401
+from tests.support.js_clients import JS, node_get_token
+from tests.support.legacy_sdks import AZURE_IDENTITY_1_5, MSRESTAZURE, run_old
 
 ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
@@ -43,7 +43,7 @@ def js_version() -> str:
 
 
 @pytest.fixture(scope="module")
-def nodeauth(js_sdk: Path) -> Path:  # noqa: F811
+def nodeauth(js_sdk: Path) -> Path:
     """The legacy @azure/ms-rest-nodeauth beside @azure/identity (tests/js/package.json)."""
     if not (JS / "node_modules" / "@azure" / "ms-rest-nodeauth").exists():
         subprocess.run(
@@ -81,8 +81,8 @@ def by_client(metrics: str) -> dict[tuple[str, str], float]:
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js runs the JavaScript SDK")
 def test_real_clients_are_classified_and_judged(
     proxy: ProxyProcess,
-    old_sdks: dict[str, Path],  # noqa: F811
-    js_sdk: Path,  # noqa: F811
+    old_sdks: dict[str, Path],
+    js_sdk: Path,
     nodeauth: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -15,9 +15,9 @@ import requests
 from azure.identity import ManagedIdentityCredential
 from azure.identity.aio import ManagedIdentityCredential as AsyncManagedIdentityCredential
 
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import claims
-from tests.proxy_process import ProxyProcess
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess
+from tests.support.jwt_claims import claims
 
 ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECOND_CLIENT_ID
-from tests.dotnet_clients import DOTNET_PROJECT, DotnetClients
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import assert_client_result
-from tests.proxy_process import ProxyProcess, running_proxy
-from tests.sdk_clients import run_client
-from tests.test_e2e_app_service import SECRET, assert_only_app_service
-from tests.test_e2e_app_service_clients import endpoint_env
-from tests.test_e2e_dotnet_clients import CLIENTS, dotnet  # noqa: F401
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess, running_proxy
+from tests.support.app_service import SECRET, assert_only_app_service, endpoint_env
+from tests.support.dotnet_clients import DOTNET_PROJECT, DOTNET_SDKS, DotnetClients
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.jwt_claims import assert_client_result
+from tests.support.sdk_clients import run_client
 
 ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
@@ -31,15 +29,15 @@ def proxy(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ProxyProcess]:
         yield process
 
 
-@pytest.mark.parametrize("client", list(CLIENTS))
+@pytest.mark.parametrize("client", list(DOTNET_SDKS))
 def test_dotnet_client_in_endpoint_mode(
     client: str,
-    dotnet: DotnetClients,  # noqa: F811
+    dotnet: DotnetClients,
     proxy: ProxyProcess,
     fake_entra: FakeEntra,
     tmp_path: Path,
 ) -> None:
-    app, sdk, _ = CLIENTS[client]
+    app, sdk, _ = DOTNET_SDKS[client]
     env = endpoint_env(proxy, tmp_path)
     system = run_client(dotnet.argv(app, sdk, ARM), env, DOTNET_PROJECT)
     assert_client_result(

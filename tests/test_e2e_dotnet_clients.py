@@ -3,7 +3,7 @@
 Azure.Identity and MSAL.NET hard-code the IMDS address; .NET's HttpClient honours
 HTTP_PROXY, so they send the proxy absolute-form requests (routed by path), in a clean
 environment (no IDENTITY_ENDPOINT, MSI_ENDPOINT or AZURE_* that would select another source).
-The clients (tests/dotnet_clients.py):
+The clients (tests/support/dotnet_clients.py):
 
 - Azure.Identity 1.10.3 ManagedIdentityCredential and DefaultAzureCredential, whose chain
   reaches managed identity when nothing else is configured and gives IMDS 1 s per try;
@@ -22,27 +22,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import SECOND_CLIENT_ID
-from tests.dotnet_clients import DOTNET_PROJECT, DotnetClients, dotnet_clients
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import assert_client_result, assert_issued_to
-from tests.proxy_process import ProxyProcess
-from tests.sdk_clients import clean_env, or_skip, proxied_env, run_client
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess
+from tests.support.dotnet_clients import DOTNET_PROJECT, DOTNET_SDKS, DotnetClients
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.jwt_claims import assert_client_result, assert_issued_to
+from tests.support.sdk_clients import clean_env, proxied_env, run_client
 
 ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
 UNKNOWN_CLIENT_ID = "7d1b0c9e-3f2a-4b5c-8d6e-000000000000"
-CLIENTS = {  # name: (app directory, GetToken's sdk argument, the version it must report)
-    "ManagedIdentityCredential": ("azure-identity", "managed-identity", "1.10.3"),
-    "DefaultAzureCredential": ("azure-identity", "default", "1.10.3"),
-    "MSAL.NET-4.56": ("azure-identity", "msal", "4.56.0"),
-    "MSAL.NET-4.83": ("msal-4.83", "msal", "4.83.3"),
-}
-
-
-@pytest.fixture(scope="session")
-def dotnet() -> DotnetClients:
-    return or_skip(dotnet_clients)
 
 
 def dotnet_get_token(
@@ -52,14 +41,14 @@ def dotnet_get_token(
     resource: str,
     client_id: str | None = None,
 ) -> dict[str, object]:
-    app, sdk, version = CLIENTS[client]
+    app, sdk, version = DOTNET_SDKS[client]
     result = run_client(dotnet.argv(app, sdk, resource, client_id), env, DOTNET_PROJECT)
     if "error" not in result:
         assert result["sdk_version"] == version, result
     return result
 
 
-@pytest.mark.parametrize("client", list(CLIENTS))
+@pytest.mark.parametrize("client", list(DOTNET_SDKS))
 def test_dotnet_client_system_assigned(
     client: str, dotnet: DotnetClients, proxy: ProxyProcess, fake_entra: FakeEntra, tmp_path: Path
 ) -> None:
@@ -73,7 +62,7 @@ def test_dotnet_client_system_assigned(
     assert fake_entra.stats()["token_requests"]["total"] == 1
 
 
-@pytest.mark.parametrize("client", list(CLIENTS))
+@pytest.mark.parametrize("client", list(DOTNET_SDKS))
 def test_dotnet_client_user_assigned(
     client: str, dotnet: DotnetClients, proxy: ProxyProcess, fake_entra: FakeEntra, tmp_path: Path
 ) -> None:

@@ -18,10 +18,10 @@ import pytest
 import requests
 from azure.identity import ManagedIdentityCredential
 
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import claims
-from tests.proxy_process import ProxyProcess, running_proxy
-from tests.test_e2e_legacy_sdks import AZURE_IDENTITY_1_5, old_sdks, run_old  # noqa: F401
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess, running_proxy
+from tests.support.jwt_claims import claims
+from tests.support.legacy_sdks import AZURE_IDENTITY_1_5, run_old
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}
@@ -205,7 +205,7 @@ def test_azure_identity_gets_its_token_once_the_credential_propagates(
 
 
 def test_azure_identity_1_5_gets_its_token_once_the_credential_propagates(
-    old_sdks: dict[str, Path],  # noqa: F811
+    old_sdks: dict[str, Path],
     propagating: ProxyProcess,
     fake_entra: FakeEntra,
 ) -> None:

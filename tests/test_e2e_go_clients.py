@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import assert_client_result
-from tests.proxy_process import ProxyProcess
-from tests.sdk_clients import GO_PROJECT, go_client, or_skip, proxied_env, run_client
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.jwt_claims import assert_client_result
+from tests.support.sdk_clients import GO_PROJECT, go_client, or_skip, proxied_env, run_client
 
 ARM = "https://management.azure.com"
 STORAGE = "https://storage.azure.com"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.background_server import POLL_INTERVAL
-from tests.fake_entra import FakeEntra
-from tests.proxy_process import running_proxy
+from harness.background_server import POLL_INTERVAL
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import running_proxy
 
 ARM = "https://management.azure.com/"
 

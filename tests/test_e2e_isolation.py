@@ -4,10 +4,10 @@ upstreams are checked in process (tests/inprocess/test_isolation.py), with this 
 
 from __future__ import annotations
 
-from tests.identity_paths import (
+from harness.proxy_process import FakeImds, ProxyProcess
+from tests.support.identity_paths import (
     misjudged_spellings,
 )
-from tests.proxy_process import FakeImds, ProxyProcess
 
 META = {"Metadata": "true"}
 

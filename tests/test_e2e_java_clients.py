@@ -7,7 +7,7 @@ MSI_ENDPOINT or AZURE_* that would select another source); nothing leaves loopba
 - com.azure:azure-identity ManagedIdentityCredential: MSAL for Java underneath, driven through
   azure-core's HTTP pipeline (Netty), which reads those properties but always tunnels
   (CONNECT 169.254.169.254:80), so its proxy is a loopback tunnel to the imds-proxy
-  (tests/connect_tunnel.py). Its other override, AZURE_POD_IDENTITY_AUTHORITY_HOST, makes
+  (tests/support/connect_tunnel.py). Its other override, AZURE_POD_IDENTITY_AUTHORITY_HOST, makes
   MSAL for Java ask for `//metadata/identity/oauth2/token` (it appends a path that starts
   with two slashes): tested too, as the proxy reads paths in their canonical form;
 - msal4j ManagedIdentityApplication on its own (HttpURLConnection), and
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECOND_CLIENT_ID
-from tests.connect_tunnel import ConnectTunnel
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import assert_client_result
-from tests.proxy_process import ProxyProcess
-from tests.sdk_clients import (
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess
+from tests.support.connect_tunnel import ConnectTunnel
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.jwt_claims import assert_client_result
+from tests.support.sdk_clients import (
     JAVA_PROJECT,
     clean_env,
     java_classpath,

@@ -12,51 +12,23 @@ in January 1970): harmless, since it asks again for every request it signs.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import assert_issued_to, claims
-from tests.proxy_process import ProxyProcess
-from tests.sdk_clients import clean_env, node_modules, or_skip, run_client
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.js_clients import JS, node_get_token
+from tests.support.jwt_claims import assert_issued_to, claims
+from tests.support.sdk_clients import clean_env, run_client
 
-JS = Path(__file__).resolve().parent / "js"
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or shutil.which("npm") is None,
     reason="Node.js and npm are needed to run the JavaScript SDK",
 )
-
-
-@pytest.fixture(scope="module")
-def js_sdk() -> Path:
-    """tests/js's packages installed once (npm registry) into tests/js/node_modules."""
-    or_skip(node_modules)
-    return JS / "get_token.mjs"
-
-
-def node_get_token(
-    script: Path, proxy: ProxyProcess, resource: str, client_id: str | None = None
-) -> dict[str, object]:
-    env = {**os.environ, "AZURE_POD_IDENTITY_AUTHORITY_HOST": proxy.base}
-    for name in (
-        "AZURE_CLIENT_ID",
-        "AZURE_TENANT_ID",
-        "AZURE_FEDERATED_TOKEN_FILE",
-        "IDENTITY_ENDPOINT",
-        "MSI_ENDPOINT",
-    ):
-        env.pop(name, None)
-    args = ["node", str(script), resource, *([client_id] if client_id else [])]
-    done = subprocess.run(args, env=env, capture_output=True, timeout=60, cwd=JS)
-    result: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    return result
 
 
 def test_javascript_sdk_gets_the_issued_token(

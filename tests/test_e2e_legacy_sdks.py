@@ -11,77 +11,12 @@ index into its own folder, apart from the test environment's newer versions.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from tests.fake_entra import FakeEntra
-from tests.jwt_claims import claims
-from tests.proxy_process import ProxyProcess
-
-AZURE_IDENTITY_1_5 = """
-import json, sys
-from azure.identity import ManagedIdentityCredential
-token = ManagedIdentityCredential().get_token(sys.argv[1] + "/.default")
-print(json.dumps({"token": token.token, "expires_on": token.expires_on}))
-"""
-MSRESTAZURE = """
-import json, sys
-from msrestazure.azure_active_directory import MSIAuthentication
-credentials = MSIAuthentication(resource=sys.argv[1])
-print(json.dumps({"token": credentials.token["access_token"],
-                  "token_type": credentials.token["token_type"],
-                  "expires_on": credentials.token["expires_on"]}))
-"""
-
-
-@pytest.fixture(scope="module")
-def old_sdks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each legacy SDK in its own folder, as `pip install --target` lays it out."""
-    folders = {}
-    for name, requirement in (
-        ("azure-identity", "azure-identity==1.5.0"),
-        ("msrestazure", "msrestazure==0.6.4"),
-    ):
-        target = tmp_path_factory.mktemp(name)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "--target",
-                str(target),
-                requirement,
-            ],
-            check=True,
-            timeout=300,
-            stdin=subprocess.DEVNULL,
-        )
-        folders[name] = target
-    return folders
-
-
-def run_old(folder: Path, program: str, proxy: ProxyProcess, resource: str) -> dict[str, object]:
-    """The program with only `folder` on its path, its HTTP traffic sent to the proxy."""
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HTTP_PROXY": proxy.base,
-        "http_proxy": proxy.base,
-        "NO_PROXY": "",
-        "PYTHONPATH": str(folder),
-    }
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", program, resource], env=env, capture_output=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    result: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    return result
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess
+from tests.support.jwt_claims import claims
+from tests.support.legacy_sdks import AZURE_IDENTITY_1_5, MSRESTAZURE, run_old
 
 
 def test_azure_identity_1_5_survives_its_probe(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import requests
 
-from tests.fake_entra import FakeEntra
-from tests.proxy_process import ROOT, ProxyProcess, free_port, running_proxy
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ROOT, ProxyProcess, free_port, running_proxy
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

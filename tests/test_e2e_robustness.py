@@ -10,10 +10,10 @@ from pathlib import Path
 
 import requests
 
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess, running_proxy
 from proxy.imds import TOKEN_PATH
-from tests.fake_entra import FakeEntra
-from tests.metrics_text import sample
-from tests.proxy_process import ProxyProcess, running_proxy
+from tests.support.metrics_text import sample
 
 META = {"Metadata": "true"}
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import requests
 
-from tests.fake_entra import FakeEntra
-from tests.metrics_text import sample
-from tests.proxy_process import ROOT, ProxyProcess, running_proxy
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ROOT, ProxyProcess, running_proxy
+from tests.support.metrics_text import sample
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

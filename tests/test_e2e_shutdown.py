@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess
 from proxy.server import stop_reserve
-from tests.fake_entra import FakeEntra
-from tests.proxy_process import ProxyProcess
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

@@ -12,10 +12,10 @@ from typing import Any
 
 import requests
 
-from tests.fake_entra import FakeEntra
-from tests.imds_contract import TOKEN_FIELDS
-from tests.jwt_claims import claims
-from tests.proxy_process import ProxyProcess
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import ProxyProcess
+from tests.support.imds_contract import TOKEN_FIELDS
+from tests.support.jwt_claims import claims
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

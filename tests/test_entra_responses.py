@@ -28,7 +28,7 @@ from proxy.tokens.errors import (
     FederationRejected,
 )
 from proxy.tokens.model import TokenKey
-from tests.jwt_claims import unsigned
+from tests.support.jwt_claims import unsigned
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 KEY = TokenKey(TENANT, "11111111-2222-3333-4444-555555555555", "https://vault.azure.net/.default")

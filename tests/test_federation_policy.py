@@ -20,8 +20,8 @@ from proxy.tokens.cache import CachePolicy, TokenCache
 from proxy.tokens.errors import FederationPending, FederationRejected, TokenError
 from proxy.tokens.model import TokenKey
 from proxy.wellknown import TOKEN_EXCHANGE_AUDIENCE
-from tests.clock import FakeClock
-from tests.test_cache import CLIENT, KEY, OTHER, TENANT, FakeExchange, RecordingLog
+from tests.support.cache_fakes import CLIENT, KEY, OTHER, TENANT, FakeExchange, RecordingLog
+from tests.support.clock import FakeClock
 
 CLAIMS = federation.AssertionClaims(
     iss="https://oidc.prod-aks.azure.com/abc/",

@@ -13,7 +13,7 @@ from proxy.identity_ids import IdentitySpec
 from proxy.query import IdentityQuery, Selector, TokenRequest
 from proxy.tokens.errors import EntraRejected, EntraThrottled, EntraUnavailable, TokenError
 from proxy.tokens.model import AccessToken, TokenKey
-from tests.jwt_claims import unsigned
+from tests.support.jwt_claims import unsigned
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 DEFAULT = "11111111-2222-3333-4444-555555555555"

@@ -13,7 +13,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from tests import image_scripts
+from tests.support import image_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 

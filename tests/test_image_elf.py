@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import image_scripts
+from tests.support import image_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import image_scripts
+from tests.support import image_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,13 +31,13 @@ import requests
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import free_port, running_proxy
 from proxy.devissuer.pki import generate_tls_files
-from tests import image_scripts
-from tests.fake_entra import FakeEntra
-from tests.kube_stand_in import KubeStandIn
-from tests.netns import init_env, iptables_available, pod_network, requires_root, run_init
-from tests.proxy_process import free_port, running_proxy
-from tests.webhook_process import WebhookProcess, pod_creation_review
+from tests.support import image_scripts
+from tests.support.kube_stand_in import KubeStandIn
+from tests.support.netns import init_env, iptables_available, pod_network, requires_root, run_init
+from tests.support.webhook_process import WebhookProcess, pod_creation_review
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("proxy", "init")

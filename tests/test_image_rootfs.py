@@ -11,10 +11,10 @@ from pathlib import Path
 
 import requests
 
-from tests import image_scripts
-from tests.fake_entra import FakeEntra
-from tests.netns import init_env, iptables_available, pod_network, requires_root, run_init
-from tests.proxy_process import running_proxy
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import running_proxy
+from tests.support import image_scripts
+from tests.support.netns import init_env, iptables_available, pod_network, requires_root, run_init
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = {"PYTHONPROFILEIMPORTTIME": "1"}

@@ -21,7 +21,7 @@ from proxy.tokens.errors import (
     TokenError,
 )
 from proxy.tokens.model import AccessToken, TokenKey
-from tests.imds_contract import TOKEN_FIELDS
+from tests.support.imds_contract import TOKEN_FIELDS
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 DEFAULT_CLIENT = "11111111-2222-3333-4444-555555555555"

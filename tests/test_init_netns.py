@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from init import cli
-from tests.netns import (
+from tests.support.netns import (
     BACKENDS,
     METADATA_IP,
     OTHER_METADATA_PORT,

@@ -21,7 +21,7 @@ from proxy import config
 from proxy.inject import cli
 from proxy.inject.additions import MODES
 from proxy.inject.ledger import ANNOTATION
-from tests.test_manifests import EXAMPLES, K8S_VERSION
+from tests.support.manifests import EXAMPLES, K8S_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS_DIR = ROOT / "tests" / "manifests" / "inject"

@@ -22,13 +22,9 @@ import yaml
 
 from init.settings import DEFAULT_PROXY_UID
 from proxy.wellknown import PROXY_UID, TOKEN_EXCHANGE_AUDIENCE
+from tests.support.manifests import EXAMPLES, K8S_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "deploy" / "examples"
-
-# Native sidecars (init containers with restartPolicy: Always) are in the schema from 1.29
-# and generally available from 1.33.
-K8S_VERSION = "1.33.0"
 
 PROXY_PORT = "8000"
 IDENTITY_ENV = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.paths import IDENTITY, INVALID, NOT_FOUND, Route, canonical_path, route_for
-from tests.identity_paths import REFUSED_SPELLINGS, TOKEN_SPELLINGS
+from tests.support.identity_paths import REFUSED_SPELLINGS, TOKEN_SPELLINGS
 
 
 @pytest.mark.parametrize(

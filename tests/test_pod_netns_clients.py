@@ -14,33 +14,23 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import tests.test_pod_netns_e2e as pod_netns_e2e
-from tests.azure_cli import azure_cli_env, cloud_setup_commands, run_az, seed_config_dir
-from tests.jwt_claims import assert_client_result
-from tests.netns import BACKENDS, requires_root, wait_for_line
-from tests.other_users import reachable
-from tests.sdk_clients import (
+from harness.other_users import reachable
+from tests.support.azure_cli import azure_cli_env, cloud_setup_commands, run_az, seed_config_dir
+from tests.support.netns import BACKENDS, requires_root, wait_for_line
+from tests.support.pod import APP_UID, Pod, as_app, assert_token, run_in_pod
+from tests.support.sdk_clients import (
     JAVA_PROJECT,
     JS_PROJECT,
-    TESTS,
     azure_cli,
-    clean_env,
     go_client,
     java_classpath,
     node_modules,
     or_skip,
-    run_client,
 )
-from tests.test_pod_netns_e2e import APP_UID, Pod
-
-pod = pod_netns_e2e.pod
-"""The pod fixture, as test_pod_netns_e2e.py builds it."""
 
 pytestmark = [requires_root, pytest.mark.parametrize("pod", BACKENDS[:1], indirect=True)]
 
@@ -48,35 +38,6 @@ ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
 ARM_STAND_IN_PORT = 8443
 JAVA_CLIENTS = ["AzureIdentityToken", "MsalToken", "LegacyMsiToken"]
-
-
-@pytest.fixture
-def app_home() -> Iterator[Path]:
-    """A HOME the app's uid owns (az writes its configuration there)."""
-    home = Path(tempfile.mkdtemp(prefix="app-home-"))
-    shutil.chown(home, APP_UID, APP_UID)
-    try:
-        yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def as_app(pod: Pod) -> list[str]:
-    """The command prefix that runs a program in the pod as the app's uid."""
-    return pod.net.pod.argv([], user=APP_UID)
-
-
-def run_in_pod(pod: Pod, argv: list[str], home: Path) -> dict[str, object]:
-    return run_client(argv, clean_env(home), TESTS.parent, timeout=120, prefix=as_app(pod))
-
-
-def assert_token(pod: Pod, result: dict[str, object], audience: str) -> None:
-    assert_client_result(
-        result,
-        tenant_id=pod.entra.info.tenant_id,
-        audience=audience,
-        client_id=pod.entra.info.client_id,
-    )
 
 
 @pytest.mark.parametrize("main", JAVA_CLIENTS)
@@ -117,7 +78,7 @@ def test_azure_cli_in_the_pod(pod: Pod, app_home: Path) -> None:
         [
             sys.executable,
             "-m",
-            "tests.arm_stand_in",
+            "tests.support.arm_stand_in",
             str(workdir),
             pod.entra.info.tenant_id,
             str(ARM_STAND_IN_PORT),

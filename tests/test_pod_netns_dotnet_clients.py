@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import tests.test_pod_netns_e2e as pod_netns_e2e
-from tests.dotnet_clients import dotnet_clients
-from tests.netns import BACKENDS, requires_root
-from tests.sdk_clients import or_skip
-from tests.test_e2e_dotnet_clients import CLIENTS
-from tests.test_pod_netns_clients import app_home, assert_token, run_in_pod  # noqa: F401
-from tests.test_pod_netns_e2e import Pod
-
-pod = pod_netns_e2e.pod
-"""The pod fixture, as test_pod_netns_e2e.py builds it."""
+from tests.support.dotnet_clients import DOTNET_SDKS, dotnet_clients
+from tests.support.netns import BACKENDS, requires_root
+from tests.support.pod import Pod, assert_token, run_in_pod
+from tests.support.sdk_clients import or_skip
 
 pytestmark = [requires_root, pytest.mark.parametrize("pod", BACKENDS[:1], indirect=True)]
 
@@ -30,17 +24,17 @@ ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
 
 
-@pytest.mark.parametrize("client", list(CLIENTS))
-def test_dotnet_client_in_the_pod(pod: Pod, app_home: Path, client: str) -> None:  # noqa: F811
+@pytest.mark.parametrize("client", list(DOTNET_SDKS))
+def test_dotnet_client_in_the_pod(pod: Pod, app_home: Path, client: str) -> None:
     dotnet = or_skip(dotnet_clients)  # under the test cache, which every uid can read
-    app, sdk, version = CLIENTS[client]
+    app, sdk, version = DOTNET_SDKS[client]
     resource = VAULT if sdk == "msal" else ARM
     result = run_in_pod(pod, dotnet.argv(app, sdk, resource), app_home)
     assert result.get("sdk_version") == version, result
     assert_token(pod, result, resource)
 
 
-def test_msal_dotnet_finds_imds_in_the_pod(pod: Pod, app_home: Path) -> None:  # noqa: F811
+def test_msal_dotnet_finds_imds_in_the_pod(pod: Pod, app_home: Path) -> None:
     """MSAL.NET 4.83's source discovery, through the redirect: its header-less probe of the
     token path gets the proxy's 400, so it takes IMDS (not v2, not "none")."""
     dotnet = or_skip(dotnet_clients)

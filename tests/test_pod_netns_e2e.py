@@ -12,39 +12,27 @@ redirect, so its forwarding does not loop back to itself).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from init import cli
-from tests.fake_entra import FakeEntra
-from tests.identity_paths import QUERY, REFUSED_SPELLINGS, TOKEN_SPELLINGS, judged_by_proxy
-from tests.jwt_claims import claims
-from tests.netns import (
-    BACKENDS,
+from tests.support.identity_paths import QUERY, REFUSED_SPELLINGS, TOKEN_SPELLINGS, judged_by_proxy
+from tests.support.jwt_claims import claims
+from tests.support.netns import (
     METADATA_IP,
-    PROXY_PORT,
-    PROXY_UID,
-    PodNetwork,
     http_get,
     init_env,
-    pod_network,
     requires_root,
     run_init,
-    start_fake_imds,
 )
+from tests.support.pod import APP_UID, Pod
 
 pytestmark = [requires_root, pytest.mark.other_user]
 
-APP_UID = 1000
 ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
 TOKEN_URL = f"http://{METADATA_IP}/metadata/identity/oauth2/token?api-version=2018-02-01"
@@ -59,40 +47,6 @@ from azure.identity import ManagedIdentityCredential
 token = ManagedIdentityCredential().get_token(sys.argv[1] + "/.default")
 print(json.dumps({"token": token.token, "expires_on": token.expires_on}))
 """
-
-
-@dataclass
-class Pod:
-    net: PodNetwork
-    entra: FakeEntra
-    backend: str
-    proxy_log: Path
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def pod(request: pytest.FixtureRequest) -> Iterator[Pod]:
-    backend: str = request.param
-    # Readable by uid 1501: the proxy reads the CA bundle and the projected token from here.
-    workdir = Path(tempfile.mkdtemp(prefix="azwi-e2e-"))
-    workdir.chmod(0o755)
-    try:
-        with pod_network() as net:
-            start_fake_imds(net)
-            init = run_init(net.pod, env=init_env(backend))
-            assert init.returncode == cli.EXIT_OK, init.stdout + init.stderr
-            with FakeEntra(workdir / "entra", prefix=net.pod.argv([])) as entra:
-                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **entra.env()}
-                env["PYTHONUNBUFFERED"] = "1"
-                log = workdir / "proxy.log"
-                proxy = [sys.executable, "-m", "proxy", f"--proxy-port={PROXY_PORT}"]
-                net.pod.popen(proxy, user=PROXY_UID, env=env, log=log)
-                # What the webhook's postStart hook runs before the app container starts.
-                probe = [sys.executable, "-m", "proxy", "--probe", f"--proxy-port={PROXY_PORT}"]
-                ready = net.pod.run(probe, user=PROXY_UID, env=env, check=False, timeout=30)
-                assert ready.returncode == 0, ready.stderr + log.read_text(errors="replace")
-                yield Pod(net=net, entra=entra, backend=backend, proxy_log=log)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def assert_issued(pod: Pod, token: str, audience: str) -> None:

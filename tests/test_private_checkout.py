@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import requires_root
-from tests.other_users import BASE_PYTHON, DIST_NAME, REPO, closed_ancestor, copy_venv
+from harness.other_users import BASE_PYTHON, DIST_NAME, REPO, closed_ancestor, copy_venv
+from tests.support.netns import requires_root
 
 pytestmark = requires_root
 

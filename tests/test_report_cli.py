@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from harness.proxy_process import free_port
 from proxy import cli, config
 from proxy.report.cli import build_parser, render
-from tests.proxy_process import free_port
 
 
 def test_it_asks_the_port_the_proxy_listens_on_by_default() -> None:

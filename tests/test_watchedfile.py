@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from proxy.watchedfile import WatchedFile
-from tests.clock import FakeClock
+from tests.support.clock import FakeClock
 
 
 class Parses:

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.devissuer.pki import generate_tls_files
 from proxy.webhook import kube
-from tests.kube_stand_in import KubeStandIn
+from tests.support.kube_stand_in import KubeStandIn
 
 
 async def test_in_cluster_token_is_read_on_every_call(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import yaml
 
 from proxy.devissuer.pki import generate_tls_files
 from proxy.webhook import asks, settings
-from tests.webhook_registration import loopback_configuration
+from tests.support.webhook_registration import loopback_configuration
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "webhook"

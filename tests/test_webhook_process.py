@@ -20,10 +20,10 @@ import jsonpatch
 import pytest
 from cryptography import x509
 
+from harness.proxy_process import free_port
 from proxy.devissuer.pki import TlsFiles, generate_tls_files
-from tests.kube_stand_in import KubeStandIn
-from tests.proxy_process import free_port
-from tests.webhook_process import SecretVolume, WebhookProcess, pod_creation_review
+from tests.support.kube_stand_in import KubeStandIn
+from tests.support.webhook_process import SecretVolume, WebhookProcess, pod_creation_review
 
 WI = "azure.workload.identity/"
 CLIENT = "00000000-0000-0000-0000-000000000001"

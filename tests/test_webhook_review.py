@@ -30,8 +30,8 @@ from proxy.webhook import kube, server
 from proxy.webhook.metrics import WebhookMetrics
 from proxy.webhook.mutate import Mutator
 from proxy.webhook.settings import Settings
-from tests.kube_stand_in import KubeStandIn
-from tests.webhook_process import pod_creation_review
+from tests.support.kube_stand_in import KubeStandIn
+from tests.support.webhook_process import pod_creation_review
 
 Obj = dict[str, Any]
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"

@@ -17,7 +17,7 @@ import json
 import ssl
 from typing import Any
 
-from tests.background_server import BackgroundServer
+from harness.background_server import BackgroundServer
 from tests.cluster.workload import localize
 
 NAME = "zz-imds-proxy-test-local-issuer"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("IMDS_PROXY_TEST_CACHE") or "/var/cache/imds-oidc-proxy-tests")
 """Everything worth keeping between runs: Go caches, built binaries, image tarballs. The
-same directory (and override) as the SDK clients' caches (tests/sdk_clients.py): point
+same directory (and override) as the SDK clients' caches (tests/support/sdk_clients.py): point
 IMDS_PROXY_TEST_CACHE at an empty directory to time a cold run without emptying it."""
 
 K8S_CACHE = CACHE_DIR / "k8s"

@@ -1,7 +1,7 @@
 """`imds-proxy webhook` registered with the real API server, mutating pods that then run.
 
 The webhook runs as a process on the host's loopback (the API server reaches 127.0.0.1)
-with the shipped MutatingWebhookConfiguration pointed at it (`tests.webhook_registration`).
+with the shipped MutatingWebhookConfiguration pointed at it (`tests.support.webhook_registration`).
 Pods written as the migration guide writes them, pods of a labelled namespace and pods
 that still carry `aadpodidbinding` are created with kubectl, mutated by the API server's
 call to the webhook, run on the kubelet, and their app's plain request to
@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.proxy_process import free_port
 from proxy.devissuer.pki import generate_tls_files
 from tests.cluster.harness import Cluster
 from tests.cluster.images import APP_IMAGE, INIT_IMAGE, PROXY_IMAGE
@@ -42,9 +43,8 @@ from tests.cluster.workload import (
     Workload,
     json_lines,
 )
-from tests.proxy_process import free_port
-from tests.webhook_process import WebhookProcess
-from tests.webhook_registration import loopback_configuration
+from tests.support.webhook_process import WebhookProcess
+from tests.support.webhook_registration import loopback_configuration
 
 REGISTRATION = "imds-proxy-webhook-test"
 NAMESPACE_LABEL = "imds-proxy.azure.workload.identity/inject"

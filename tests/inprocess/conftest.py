@@ -1,4 +1,4 @@
-"""The in-process tier: the proxy's server in the test process (tests/in_process.py).
+"""The in-process tier: the proxy's server in the test process (tests/support/in_process.py).
 
 Here `proxy` is that server, against one fake Entra ID process for the whole session (each
 test gets it reset), so a test costs its requests, not an interpreter's start. Tests that
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.in_process import InProcessProxy, running_in_process
-from tests.proxy_process import FakeImds
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import FakeImds
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.in_process import InProcessProxy, running_in_process
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.in_process import InProcessProxy, running_in_process
-from tests.jwt_claims import claims
-from tests.test_e2e_app_service import SECRET, VAULT, token_lines
+from harness.fake_entra import FakeEntra
+from tests.support.app_service import SECRET, token_lines
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.in_process import InProcessProxy, running_in_process
+from tests.support.jwt_claims import claims
+
+VAULT = "https://vault.azure.net"
 
 
 @pytest.fixture

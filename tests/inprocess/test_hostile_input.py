@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fake_entra import FakeEntra
-from tests.in_process import running_in_process
+from harness.fake_entra import FakeEntra
+from tests.support.in_process import running_in_process
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

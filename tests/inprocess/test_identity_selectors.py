@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import requests
 
+from harness.fake_entra import FakeEntra
 from proxy.config import IDENTITIES_ENV
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.in_process import InProcessProxy, running_in_process
-from tests.jwt_claims import claims
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.in_process import InProcessProxy, running_in_process
+from tests.support.jwt_claims import claims
 
 ARM = "https://management.azure.com/"
 VAULT = "https://vault.azure.net"

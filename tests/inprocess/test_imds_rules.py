@@ -14,11 +14,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.imds_contract import TOKEN_FIELDS
-from tests.in_process import InProcessProxy, running_in_process
-from tests.jwt_claims import claims
+from harness.fake_entra import FakeEntra
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.imds_contract import TOKEN_FIELDS
+from tests.support.in_process import InProcessProxy, running_in_process
+from tests.support.jwt_claims import claims
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

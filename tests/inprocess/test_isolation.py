@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_entra import FakeEntra
-from tests.identity_paths import (
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import FakeImds, free_port
+from tests.support.identity_paths import (
     QUERY,
     TOKEN_SPELLINGS,
     judged_by_proxy,
     misjudged_spellings,
     raw_get,
 )
-from tests.in_process import InProcessProxy, running_in_process
-from tests.proxy_process import FakeImds, free_port
+from tests.support.in_process import InProcessProxy, running_in_process
 
 META = {"Metadata": "true"}
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import requests
 
-from tests.fake_entra import FakeEntra
-from tests.in_process import InProcessProxy, running_in_process
-from tests.metrics_text import sample
-from tests.proxy_process import free_port
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import free_port
+from tests.support.in_process import InProcessProxy, running_in_process
+from tests.support.metrics_text import sample
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

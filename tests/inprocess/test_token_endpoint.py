@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import requests
 
+from harness.fake_entra import FakeEntra
+from harness.proxy_process import FakeImds, free_port
 from proxy.imds import TOKEN_PATH
-from tests.clock import FakeClock
-from tests.conftest import SECOND_CLIENT_ID
-from tests.fake_entra import FakeEntra
-from tests.in_process import InProcessProxy, running_in_process
-from tests.jwt_claims import claims
-from tests.proxy_process import FakeImds, free_port
+from tests.support.clock import FakeClock
+from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.in_process import InProcessProxy, running_in_process
+from tests.support.jwt_claims import claims
 
 ARM = "https://management.azure.com/"
 META = {"Metadata": "true"}

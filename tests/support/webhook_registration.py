@@ -19,10 +19,7 @@ from typing import Any
 import yaml
 
 CONFIGURATION = (
-    Path(__file__).resolve().parent.parent
-    / "deploy"
-    / "webhook"
-    / "mutatingwebhookconfiguration.yaml"
+    Path(__file__).resolve().parents[2] / "deploy" / "webhook" / "mutatingwebhookconfiguration.yaml"
 )
 
 

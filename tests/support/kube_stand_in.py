@@ -16,8 +16,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from harness.proxy_process import free_port
 from proxy.devissuer.pki import TlsFiles
-from tests.proxy_process import free_port
 
 PODID = "/apis/aadpodidentity.k8s.io/v1"
 

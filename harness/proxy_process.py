@@ -21,10 +21,10 @@ from typing import Any, Self
 
 import requests
 
+from harness.background_server import BackgroundServer
+from harness.other_users import cwd_for, python_for
+from harness.processes import NotReady, answering
 from proxy.imds import TOKEN_PATH
-from tests.background_server import BackgroundServer
-from tests.other_users import cwd_for, python_for
-from tests.processes import NotReady, answering
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0

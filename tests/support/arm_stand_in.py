@@ -7,7 +7,7 @@ request's bearer token, so a test can check that the token az sent is the one th
 handed out. Its certificate comes from the same throwaway PKI as the fake Entra ID
 (proxy/devissuer/pki.py), trusted by the client through REQUESTS_CA_BUNDLE.
 
-``python -m tests.arm_stand_in WORKDIR TENANT PORT`` runs it as its own process (in a
+``python -m tests.support.arm_stand_in WORKDIR TENANT PORT`` runs it as its own process (in a
 network namespace, say), prints ``ready`` once it listens, and serves until terminated.
 """
 
@@ -20,8 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from harness.background_server import BackgroundServer
 from proxy.devissuer.pki import generate_tls_files
-from tests.background_server import BackgroundServer
 
 SUBSCRIPTION_ID = "7c3e5f90-1d2b-4a6c-8e0f-2b4d6a8c0e1f"
 

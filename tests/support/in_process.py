@@ -4,7 +4,7 @@ The in-process tier drives the same objects the `imds-proxy` process serves from
 settings read from flags and an environment (`proxy.config`), `ProxyServer` with its bounded
 token and metrics listeners, its cache and its MSAL exchange against the fake Entra ID. What
 it leaves out is what only a process has: the interpreter's start, signal handling, the
-drain on SIGTERM, the open-file limit, stdout and stderr (tests/proxy_process.py has those).
+drain on SIGTERM, the open-file limit, stdout and stderr (harness/proxy_process.py has those).
 
 `InProcessProxy` answers like `ProxyProcess` (`base`, `url()`, `port`, `metrics()`,
 `logs()`, `log_text()`, `stop()`), so a test reads the same either way; it starts in
@@ -35,9 +35,9 @@ from typing import Any, TypeVar
 import structlog
 from structlog._config import BoundLoggerLazyProxy
 
+from harness.proxy_process import ProxyHandle, free_port
 from proxy import config, logs
 from proxy.server import ProxyServer
-from tests.proxy_process import ProxyHandle, free_port
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0

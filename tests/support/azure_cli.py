@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.sdk_clients import AZURE_CLI_VERSION, clean_env
+from tests.support.sdk_clients import AZURE_CLI_VERSION, clean_env
 
 CLOUD = "ImdsProxyTest"
 CLOSED_PORT_PROXY = "http://127.0.0.1:9"

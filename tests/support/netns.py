@@ -14,7 +14,7 @@ metadata address exists only inside the imds namespace.
 Servers and clients are small Python programs run with this interpreter (the project venv)
 through ``ip netns exec``, optionally as another uid through ``setpriv``. A program given as
 ``sys.executable`` runs, for another uid, from the install every user can reach
-(``tests/other_users.py``), with ``/`` as its working directory: it never reads the checkout.
+(``harness/other_users.py``), with ``/`` as its working directory: it never reads the checkout.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Any
 
 import pytest
 
+from harness.other_users import cwd_for, python_for
 from proxy.wellknown import PROXY_UID as PROXY_UID  # re-exported to the netns tests
-from tests.other_users import cwd_for, python_for
 
 METADATA_IP = "169.254.169.254"
 POD_VETH_ADDR = "169.254.100.1"

@@ -1,20 +1,9 @@
-"""Test-side handle on the local issuer (``python -m proxy.devissuer``) run as a subprocess.
+"""Handle on the local issuer (``python -m proxy.devissuer``) run as a subprocess.
 
-End-to-end tests and benchmarks need a fake Entra ID that lives in its own process (its
-CPU and event loop must not be the proxy's) and that they can steer. ``FakeEntra`` starts
-it, waits for its one JSON line and wraps the ``/_control`` API; every call has a timeout.
-
-Fixtures ``fake_entra`` and ``fake_entra_process``: a conftest imports them by those names;
-a test module imports *both* under their ``*_fixture`` names (so its test parameters do
-not shadow an import, which ruff reports as F811)::
-
-    from tests.fake_entra import fake_entra_fixture, fake_entra_process_fixture  # noqa: F401
-
-    def test_something(fake_entra: FakeEntra) -> None: ...
-
-``fake_entra_process`` (module scope) is one issuer process per test module;
-``fake_entra`` (function scope) is that same process after ``reset()``, so each test starts
-from default behaviour, zeroed counters and the original federated credentials.
+Tests and benchmarks need a fake Entra ID that lives in its own process (its CPU and event
+loop must not be the proxy's) and that they can steer. ``FakeEntra`` starts it, waits for
+its one JSON line and wraps the ``/_control`` API; every call has a timeout. The tests'
+fixtures (``fake_entra``, ``fake_entra_process``) are in tests/support/fixtures.py.
 """
 
 from __future__ import annotations
@@ -24,17 +13,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import pytest
 import requests
 
+from harness.processes import NotReady, first_line
 from proxy.devissuer.exchange import object_id_of, resource_id_of
 from proxy.devissuer.server import LocalIssuer
-from tests.processes import NotReady, first_line
 
 START_TIMEOUT = 30.0
 CONTROL_TIMEOUT = 10.0
@@ -257,23 +245,3 @@ class FakeEntra:
         ``issuer``, ``subject``, ``audience``, ``lifetime``, ``issued_at`` are optional."""
         result: dict[str, str] = self._call("POST", "service-account-token", claims)
         return result["token"]
-
-
-@pytest.fixture(scope="module", name="fake_entra_process")
-def fake_entra_process_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeEntra]:
-    """One issuer process per test module."""
-    with FakeEntra(tmp_path_factory.mktemp("fake-entra")) as entra:
-        yield entra
-
-
-@pytest.fixture(name="fake_entra")
-def fake_entra_fixture(fake_entra_process: FakeEntra) -> FakeEntra:
-    """The module's issuer, reset to defaults for this test."""
-    fake_entra_process.reset()
-    return fake_entra_process
-
-
-fake_entra_process = fake_entra_process_fixture
-"""Importable under the fixture's own name, e.g. by a conftest (where no parameter shadows it)."""
-fake_entra = fake_entra_fixture
-"""Importable under the fixture's own name, e.g. by a conftest (where no parameter shadows it)."""

@@ -30,7 +30,7 @@ import pytest
 
 T = TypeVar("T")
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 CLIENTS = TESTS / "clients"
 JAVA_PROJECT = CLIENTS / "java"
 GO_PROJECT = CLIENTS / "go"

@@ -15,7 +15,7 @@ import socket
 import socketserver
 import threading
 
-from tests.background_server import BackgroundServer
+from harness.background_server import BackgroundServer
 
 METADATA_TARGET = b"169.254.169.254:80"
 IDLE_TIMEOUT = 30.0

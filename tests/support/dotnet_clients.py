@@ -29,7 +29,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.sdk_clients import CACHE, CLIENTS, BuildFailed, _once, _run, _with_retries, require
+from tests.support.sdk_clients import (
+    CACHE,
+    CLIENTS,
+    BuildFailed,
+    _once,
+    _run,
+    _with_retries,
+    require,
+)
 
 DOTNET_PROJECT = CLIENTS / "dotnet"
 RUNTIME_VERSION = "3.1.23"
@@ -197,6 +205,14 @@ def _build(host: Path, assemblies: Path) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+DOTNET_SDKS = {  # name: (app directory, GetToken's sdk argument, the version it must report)
+    "ManagedIdentityCredential": ("azure-identity", "managed-identity", "1.10.3"),
+    "DefaultAzureCredential": ("azure-identity", "default", "1.10.3"),
+    "MSAL.NET-4.56": ("azure-identity", "msal", "4.56.0"),
+    "MSAL.NET-4.83": ("msal-4.83", "msal", "4.83.3"),
+}
 
 
 @_once
