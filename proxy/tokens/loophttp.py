@@ -148,6 +148,8 @@ class LoopHttpClient:
         headers: Mapping[str, str] | None,
         timeout: float,
     ) -> HttpAnswer:
+        if self._closed:  # scheduled before `aclose`, run after it: no new session
+            raise EntraUnavailable("the proxy is shutting down")
         session = self._session
         if session is None or session.closed:
             # trust_env: HTTPS_PROXY/NO_PROXY as for any client; the CA is ours, not env's.
