@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import jwt
-
+from proxy.jwtpayload import NotAJwt, unverified_claims
 from proxy.tokens.errors import CredentialUnavailable
 from proxy.tokens.federation import AssertionClaims
 from proxy.watchedfile import WatchedFile
@@ -91,20 +90,13 @@ class AssertionSource:
 def _claims(token: str, path: str) -> dict[str, object]:
     """The payload, read without verifying (Entra verifies; we only avoid sending junk).
 
-    The signature segment is left out: it is Entra's to judge, and a corrupt one sent on
-    comes back named (AADSTS50027) with its fix, where PyJWT would only call it malformed.
-    PyJWT's message may quote the token: only the path is said.
+    The signature segment is not read: it is Entra's to judge, and a corrupt one sent on
+    comes back named (AADSTS50027) with its fix. Only the path is said, never the token.
     """
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise CredentialUnavailable(f"service-account token in {path} is not a JWT")
     try:
-        claims: dict[str, object] = jwt.decode(
-            f"{parts[0]}.{parts[1]}.", options={"verify_signature": False}
-        )
-    except jwt.PyJWTError:
+        return unverified_claims(token)
+    except NotAJwt:
         raise CredentialUnavailable(f"service-account token in {path} is not a JWT") from None
-    return claims
 
 
 def _federation_claims(claims: dict[str, object]) -> AssertionClaims:

@@ -16,11 +16,11 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import jwt
 import structlog
 
 from proxy.failures import Failure, failure_for
 from proxy.identity_ids import IdentitySpec, is_object_id, is_resource_id
+from proxy.jwtpayload import NotAJwt, unverified_claims
 from proxy.query import IdentityQuery, Selector, TokenRequest
 from proxy.tokens.cache import Exchange
 from proxy.tokens.errors import EntraRejected, TokenError
@@ -161,8 +161,8 @@ def identity_claims(token: str) -> tuple[str | None, str | None]:
     token that is not a JWT, or lacks the claims, yields None for them.
     """
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+        claims = unverified_claims(token)
+    except NotAJwt:
         return None, None
     oid, mirid = claims.get("oid"), claims.get("xms_mirid")
     object_id = oid if isinstance(oid, str) and is_object_id(oid) else None

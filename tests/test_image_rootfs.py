@@ -59,6 +59,9 @@ def test_a_proxy_run_imports_nothing_the_images_omit(fake_entra: FakeEntra, tmp_
     names = imported(proxy.log_text())
     assert {"aiohttp", "msal", "ssl", "proxy.app"} <= names  # the trace is really there
     assert rootfs.omitted_modules(names) == []
+    # Installed (MSAL needs them for certificates) but never loaded by a pod: PyJWT and the
+    # native bindings of cryptography it imports, 9 MiB idle (proxy/jwtpayload.py).
+    assert {"cryptography", "jwt"} & names == set()
 
 
 @requires_root
