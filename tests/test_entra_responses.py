@@ -89,13 +89,21 @@ def exchange_for(endpoint: Endpoint, tmp_path: Path) -> EntraExchange:
     )
 
 
+@pytest.fixture
+async def exchange(endpoint: Endpoint, tmp_path: Path) -> AsyncIterator[EntraExchange]:
+    """An exchange against the endpoint, closed after the test (its session, its threads)."""
+    made = exchange_for(endpoint, tmp_path)
+    yield made
+    await made.aclose()
+
+
 async def test_a_non_json_429_is_throttling_with_its_retry_after(
-    endpoint: Endpoint, tmp_path: Path
+    endpoint: Endpoint, exchange: EntraExchange
 ) -> None:
     endpoint.answer.status, endpoint.answer.body = 429, "<html>slow down</html>"
     endpoint.answer.headers = {"Retry-After": "120"}
     with pytest.raises(EntraThrottled) as raised:
-        await exchange_for(endpoint, tmp_path)(KEY)
+        await exchange(KEY)
     assert raised.value.retry_after == 120
 
 
@@ -109,48 +117,50 @@ async def test_a_non_json_429_is_throttling_with_its_retry_after(
     ],
 )
 async def test_a_4xx_that_is_not_entras_json_is_transient_not_final(
-    endpoint: Endpoint, tmp_path: Path, status: int, body: str
+    endpoint: Endpoint, exchange: EntraExchange, status: int, body: str
 ) -> None:
     """A proxy's page, HTML or truncated JSON is not Entra's judgement of the request: SDKs
     must retry it (5xx), not give up (a final 400)."""
     endpoint.answer.status, endpoint.answer.body = status, body
     with pytest.raises(EntraUnavailable):
-        await exchange_for(endpoint, tmp_path)(KEY)
+        await exchange(KEY)
 
 
 async def test_an_oversized_body_is_refused_and_never_quoted(
-    endpoint: Endpoint, tmp_path: Path
+    endpoint: Endpoint, exchange: EntraExchange
 ) -> None:
     marker = "AADSTS90002: " + "x" * (10 * 1024 * 1024)
     endpoint.answer.status = 400
     endpoint.answer.body = json.dumps({"error": "invalid_request", "error_description": marker})
     with pytest.raises(EntraUnavailable) as raised:
-        await exchange_for(endpoint, tmp_path)(KEY)
+        await exchange(KEY)
     assert "oversized" in raised.value.description
     assert len(raised.value.description) < 200
 
 
-async def test_a_long_error_description_is_cut(endpoint: Endpoint, tmp_path: Path) -> None:
+async def test_a_long_error_description_is_cut(endpoint: Endpoint, exchange: EntraExchange) -> None:
     endpoint.answer.status = 400
     endpoint.answer.body = json.dumps(
         {"error": "invalid_request", "error_description": "AADSTS90002: " + "y" * 30_000}
     )
     with pytest.raises(EntraRejected) as raised:
-        await exchange_for(endpoint, tmp_path)(KEY)
+        await exchange(KEY)
     assert len(raised.value.description) <= 1024 + 3
 
 
-async def test_a_non_json_200_is_an_outage(endpoint: Endpoint, tmp_path: Path) -> None:
+async def test_a_non_json_200_is_an_outage(endpoint: Endpoint, exchange: EntraExchange) -> None:
     endpoint.answer.status, endpoint.answer.body = 200, "<html>captive portal</html>"
     with pytest.raises(EntraUnavailable):
-        await exchange_for(endpoint, tmp_path)(KEY)
+        await exchange(KEY)
 
 
-async def test_a_json_answer_still_gives_a_token(endpoint: Endpoint, tmp_path: Path) -> None:
+async def test_a_json_answer_still_gives_a_token(
+    endpoint: Endpoint, exchange: EntraExchange
+) -> None:
     endpoint.answer.body = json.dumps(
         {"token_type": "Bearer", "expires_in": 3599, "access_token": "eyJ.a.b"}
     )
-    token = await exchange_for(endpoint, tmp_path)(KEY)
+    token = await exchange(KEY)
     assert token.value == "eyJ.a.b" and 3590 < token.expires_on - time.time() <= 3599
 
 
@@ -216,6 +226,7 @@ async def test_a_server_the_ca_bundle_does_not_vouch_for_is_refused(
     )
     with pytest.raises(EntraUnavailable, match="TLS verification failed"):
         await exchange(KEY)
+    await exchange.aclose()
 
 
 def entra_error(code: int, error: str, message: str) -> str:
@@ -261,25 +272,26 @@ async def test_a_federation_code_is_explained_with_the_tokens_claims(
     )
     assert "aud=api://AzureADTokenExchange" in failure.description
     assert assertion.split(".")[1] not in failure.description
+    await exchange.aclose()
 
 
 async def test_an_unknown_code_passes_through_as_entra_wrote_it(
-    endpoint: Endpoint, tmp_path: Path
+    endpoint: Endpoint, exchange: EntraExchange
 ) -> None:
     endpoint.answer.status = 400
     endpoint.answer.body = entra_error(7000215, "invalid_client", "Invalid client secret.")
     with pytest.raises(EntraRejected) as raised:
-        await exchange_for(endpoint, tmp_path)(KEY)
+        await exchange(KEY)
     assert not isinstance(raised.value, FederationRejected)
     assert raised.value.description.startswith("AADSTS7000215: Invalid client secret.")
 
 
 @pytest.mark.parametrize("token_type", ["bearer", "BEARER", None])
 async def test_the_token_type_is_always_spelled_bearer(
-    endpoint: Endpoint, tmp_path: Path, token_type: str | None
+    endpoint: Endpoint, exchange: EntraExchange, token_type: str | None
 ) -> None:
     """ms_rest_azure sends `"#{token_type} #{token}"`; IMDS always says `Bearer`."""
     answer = {"token_type": token_type, "expires_in": 3599, "access_token": "eyJ.a.b"}
     endpoint.answer.body = json.dumps({k: v for k, v in answer.items() if v is not None})
-    token = await exchange_for(endpoint, tmp_path)(KEY)
+    token = await exchange(KEY)
     assert token.token_type == "Bearer"
