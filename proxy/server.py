@@ -26,6 +26,7 @@ import platform
 import resource
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -90,7 +91,15 @@ def user_agent() -> str:
 class ProxyServer:
     """The proxy as a running service: token listener, metrics listener, background work."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """`clock` and `sleep` are the token layer's (cache, windows, holds, countdowns):
+        a test moves them instead of waiting."""
         self.settings = settings
         self.assertion = AssertionSource(settings.federated_token_file)
         self.exchange = DeferredExchange(self._build_exchange)
@@ -105,6 +114,8 @@ class ProxyServer:
                 new_token_rate=settings.new_resource_rate,
                 new_token_burst=settings.new_resource_burst,
             ),
+            clock=clock,
+            sleep=sleep,
         )
         self.forwarder = Forwarder(settings.imds_upstream)
         self.proxy = Proxy(
@@ -119,6 +130,7 @@ class ProxyServer:
             self.forwarder,
             RequestMetrics(),
             identities=self.identities,
+            clock=clock,
         )
         self.http: ProxyHttp | None = None
         self.registry: CollectorRegistry | None = None

@@ -1,6 +1,8 @@
 """Federation failures through the real proxy process, from the fake Entra ID's real
 error answers: what the app gets inside and after the propagation window (a short
-`--propagation-window`), how often Entra is asked meanwhile, and the log line.
+`--propagation-window`, waited for in real time), how often Entra is asked meanwhile, and
+the log line. The causes that are final at once are checked in process on a fake clock
+(tests/inprocess/test_federation_window.py).
 
 Then the point of it all: real SDKs started while the federated credential is not yet
 effective get their token, without a restart, once it "propagates".
@@ -9,8 +11,6 @@ effective get their token, without a restart, once it "propagates".
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,66 +20,17 @@ from azure.identity import ManagedIdentityCredential
 
 from harness.fake_entra import FakeEntra
 from harness.proxy_process import ProxyProcess, running_proxy
+from tests.support.federation_cases import (
+    ARM,
+    POLL,
+    WINDOW,
+    ask,
+    entra_calls,
+    log_lines,
+    no_credential,
+)
 from tests.support.jwt_claims import claims
 from tests.support.legacy_sdks import AZURE_IDENTITY_1_5, run_old
-
-ARM = "https://management.azure.com/"
-META = {"Metadata": "true"}
-WINDOW = 3.0
-POLL = 5.0  # CachePolicy.propagation_poll
-
-
-def entra_calls(entra: FakeEntra) -> int:
-    total: int = entra.stats()["token_requests"]["total"]
-    return total
-
-
-def ask(proxy: ProxyProcess) -> requests.Response:
-    return requests.get(proxy.url(ARM), headers=META, timeout=30)
-
-
-def token_file(tmp_path: Path, token: str) -> str:
-    path = tmp_path / "azure-identity-token"
-    path.write_text(token)
-    return str(path)
-
-
-def no_credential(entra: FakeEntra, tmp_path: Path) -> dict[str, str]:
-    entra.set_federated_credentials([])
-    return entra.env()
-
-
-def unknown_client(entra: FakeEntra, tmp_path: Path) -> dict[str, str]:
-    return {**entra.env(), "AZURE_CLIENT_ID": str(uuid.uuid4())}
-
-
-def not_yet_valid(entra: FakeEntra, tmp_path: Path) -> dict[str, str]:
-    minted = entra.mint_assertion(issued_at=time.time() + 600)
-    return {**entra.env(), "AZURE_FEDERATED_TOKEN_FILE": token_file(tmp_path, minted)}
-
-
-def bad_signature(entra: FakeEntra, tmp_path: Path) -> dict[str, str]:
-    header, payload, signature = entra.mint_assertion().split(".")
-    forged = ".".join((header, payload, signature[::-1]))
-    return {**entra.env(), "AZURE_FEDERATED_TOKEN_FILE": token_file(tmp_path, forged)}
-
-
-def issuer_unreachable(entra: FakeEntra, tmp_path: Path) -> dict[str, str]:
-    entra.behave(mode="issuer_unreachable")
-    return entra.env()
-
-
-Setup = Callable[[FakeEntra, Path], dict[str, str]]
-FINAL_AT_ONCE: list[tuple[str, Setup, tuple[str, ...], str]] = [
-    ("unknown_client", unknown_client, ("700016",), "azure.workload.identity/client-id"),
-    ("assertion_time", not_yet_valid, ("700024",), "node's clock"),
-    ("assertion_rejected", bad_signature, ("700027", "50027"), "JWKS"),
-    ("issuer_unreachable", issuer_unreachable, ("90061",), "oidcIssuerProfile.issuerUrl"),
-]
-
-
-def log_lines(proxy: ProxyProcess, event: str) -> list[dict[str, Any]]:
-    return [line for line in proxy.logs() if line["event"] == event]
 
 
 def test_no_matching_credential_is_503_inside_the_window_then_400_explained(
@@ -121,37 +72,6 @@ def test_no_matching_credential_is_503_inside_the_window_then_400_explained(
     assert len(pending) == 1 and pending[0]["aadsts"] == "70021"
     assert final[-1]["cause"] == "no_matching_credential"
     assert text == "Identity not found: " + final[-1]["reason"]  # the phrase SDKs look for
-    assert "eyJ" not in proxy.log_text()
-
-
-@pytest.mark.parametrize(
-    ("cause", "setup", "codes", "fix"), FINAL_AT_ONCE, ids=[c[0] for c in FINAL_AT_ONCE]
-)
-def test_other_causes_are_400_explained_inside_and_after_the_window(
-    cause: str,
-    setup: Setup,
-    codes: tuple[str, ...],
-    fix: str,
-    fake_entra: FakeEntra,
-    tmp_path: Path,
-) -> None:
-    env = setup(fake_entra, tmp_path)
-    with running_proxy(env, tmp_path, [f"--propagation-window={WINDOW}"]) as proxy:
-        inside = ask(proxy)
-        assert entra_calls(fake_entra) == 2, "retried once before it counts"
-        time.sleep(WINDOW + 0.2)
-        after = ask(proxy)
-        assert entra_calls(fake_entra) == 2, "a rejection is remembered briefly"
-        proxy.stop()
-        lines = log_lines(proxy, "token exchange failed")
-    for answer in (inside, after):
-        assert answer.status_code == 400
-        assert answer.json()["error"] == "invalid_request"
-    text = inside.json()["error_description"]
-    assert any(f"AADSTS{code}" in text for code in codes)
-    assert fix in text and "Fix: " in text
-    assert after.json()["error_description"] == text
-    assert lines[-1]["cause"] == cause and lines[-1]["aadsts"] in codes
     assert "eyJ" not in proxy.log_text()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 T0 = 1_700_000_000.0
 """A start time whose sums with whole seconds are exact floats."""
 
@@ -17,3 +19,9 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """A wait that moves this clock instead of passing real time (for code that takes
+        a `sleep`, such as the token cache's retry delay)."""
+        self.advance(seconds)
+        await asyncio.sleep(0)

@@ -28,7 +28,8 @@ import io
 import logging
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,14 +46,13 @@ _T = TypeVar("_T")
 
 
 def build_server(
-    settings: config.Settings, clock: Callable[[], float] | None = None
+    settings: config.Settings,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> ProxyServer:
-    """The proxy's objects as the process builds them (`proxy.server.serve`); `clock`
-    replaces the wall clock its token answers count `expires_in` from."""
-    server = ProxyServer(settings)
-    if clock is not None:
-        server.proxy.clock = clock
-    return server
+    """The proxy's objects as the process builds them (`proxy.server.serve`); `clock` and
+    `sleep` replace the token layer's wall clock and waits (see `FakeClock.sleep`)."""
+    return ProxyServer(settings, clock=clock or time.time, sleep=sleep or asyncio.sleep)
 
 
 def settings_for(env: Mapping[str, str], argv: Sequence[str]) -> config.Settings:
@@ -130,6 +130,7 @@ class InProcessProxy(ProxyHandle):
         imds_upstream: str | None = None,
         drain_idle: float = 0.0,
         clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.port = free_port()
         self.metrics_port = free_port() if metrics else 0
@@ -144,7 +145,7 @@ class InProcessProxy(ProxyHandle):
                 *args,
             ],
         )
-        self.server = build_server(self.settings, clock)
+        self.server = build_server(self.settings, clock, sleep)
         self._log = io.StringIO()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
