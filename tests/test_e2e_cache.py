@@ -1,4 +1,7 @@
-"""The token cache seen from outside: Entra ID is called once, whatever the callers do."""
+"""The token cache seen from outside: Entra ID is called once, whatever the callers do.
+
+Token lifetimes (served while Entra is down, never once expired) are checked in process
+on a fake clock: tests/inprocess/test_cache_lifetimes.py."""
 
 from __future__ import annotations
 
@@ -44,48 +47,6 @@ def test_500_concurrent_first_requests_make_one_exchange(
     assert {status for status, _ in results} == {200}
     assert len({token for _, token in results}) == 1
     assert fake_entra.stats()["token_requests"]["total"] == 1
-
-
-def test_cached_token_is_served_while_entra_is_down(fake_entra: FakeEntra, tmp_path: Path) -> None:
-    """A 12 s token is past its refresh point after 9 s; with Entra failing it is still
-    answered at once (it is valid) while the refresh behind it fails, with a warning in the
-    log saying the cached token is still served."""
-    fake_entra.behave(token_lifetime=12)
-    with running_proxy(fake_entra.env(), tmp_path) as proxy:
-        first = requests.get(proxy.url(ARM), headers=META, timeout=10).json()
-        fake_entra.behave(mode="fail", status=503)
-        # obtained in [not_before, not_before + 1): past the refresh point (4.8-7.2 s),
-        # before the last 1.2 s (a tenth of the life) in which it is no longer served
-        time.sleep(max(0.0, int(first["not_before"]) + 9.0 - time.time()))
-        during = requests.get(proxy.url(ARM), headers=META, timeout=10)
-        assert during.status_code == 200
-        assert during.json()["access_token"] == first["access_token"]
-        assert int(during.json()["expires_in"]) <= 3
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # the refresh runs behind the answer
-            if fake_entra.stats()["token_requests"]["by_outcome"].get("failed", 0) >= 1:
-                break
-            time.sleep(0.1)
-        assert fake_entra.stats()["token_requests"]["by_outcome"].get("failed", 0) >= 1
-        assert "imds_proxy_cache_refreshes_total 1.0" in proxy.metrics()
-        again = requests.get(proxy.url(ARM), headers=META, timeout=10)
-        assert again.json()["access_token"] == first["access_token"]
-        time.sleep(1.1)  # the exposition is rendered at most once a second
-        assert "imds_proxy_cache_stale_served_total 1.0" in proxy.metrics()
-        proxy.stop()
-    failed = [line for line in proxy.logs() if line["event"] == "token exchange failed"]
-    assert failed and failed[0]["serving_cached_token"] is True
-    assert failed[0]["level"] == "warning"
-
-
-def test_expired_token_is_never_served(fake_entra: FakeEntra, tmp_path: Path) -> None:
-    fake_entra.behave(token_lifetime=3)
-    with running_proxy(fake_entra.env(), tmp_path) as proxy:
-        first = requests.get(proxy.url(ARM), headers=META, timeout=10).json()
-        fake_entra.behave(mode="fail", status=503)
-        time.sleep(max(0.0, int(first["expires_on"]) + 1.2 - time.time()))  # past the real expiry
-        after = requests.get(proxy.url(ARM), headers=META, timeout=10)
-        assert after.status_code == 503
 
 
 def test_prefetch_makes_the_first_request_a_hit(fake_entra: FakeEntra, tmp_path: Path) -> None:
