@@ -48,6 +48,11 @@ def test_classic_sidecar_keeps_serving_while_the_app_drains(
     assert proxy.proc is not None
     signalled = time.monotonic()
     proxy.proc.send_signal(signal.SIGTERM)
+    # A request sent before the loop runs the signal's handler is served before shutdown
+    # begins; the app's requests below all come after it.
+    deadline = signalled + 5
+    while "shutting down" not in proxy.log_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
     statuses = []
     while time.monotonic() - signalled < 3 * drain:  # longer than one drain-idle window
         sent = time.monotonic()  # the proxy's quiet starts when the request arrives
