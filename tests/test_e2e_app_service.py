@@ -28,9 +28,9 @@ from harness.proxy_process import ProxyProcess, running_proxy
 from tests.support.app_service import SECRET, app_env, assert_only_app_service, token_lines
 from tests.support.fixtures import SECOND_CLIENT_ID
 from tests.support.in_process import InProcessProxy, running_in_process
-from tests.support.js_clients import JS
 from tests.support.jwt_claims import claims
 from tests.support.legacy_sdks import MSRESTAZURE
+from tests.support.sdk_clients import JS_PROJECT
 
 ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
@@ -156,7 +156,7 @@ def test_javascript_sdk_uses_2019(
 ) -> None:
     env = {**app_env(proxy), "HOME": os.environ.get("HOME", "/root")}
     done = subprocess.run(
-        ["node", str(js_sdk), ARM], env=env, capture_output=True, timeout=60, cwd=JS
+        ["node", str(js_sdk), ARM], env=env, capture_output=True, timeout=60, cwd=JS_PROJECT
     )
     result: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     assert "error" not in result, result

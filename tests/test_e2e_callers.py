@@ -28,8 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.proxy_process import ProxyProcess
 from proxy.callers import DIRECT, FAMILIES
 from proxy.imds import TOKEN_PATH
-from tests.support.js_clients import JS, node_get_token
+from tests.support.js_clients import node_get_token
 from tests.support.legacy_sdks import AZURE_IDENTITY_1_5, MSRESTAZURE, run_old
+from tests.support.sdk_clients import JS_PROJECT
 
 ARM = "https://management.azure.com"
 VAULT = "https://vault.azure.net"
@@ -37,7 +38,7 @@ HOSTILE = 10_000
 
 
 def js_version() -> str:
-    package = JS / "node_modules" / "@azure" / "identity" / "package.json"
+    package = JS_PROJECT / "node_modules" / "@azure" / "identity" / "package.json"
     version: str = json.loads(package.read_text())["version"]
     return version
 
@@ -45,15 +46,15 @@ def js_version() -> str:
 @pytest.fixture(scope="module")
 def nodeauth(js_sdk: Path) -> Path:
     """The legacy @azure/ms-rest-nodeauth beside @azure/identity (tests/js/package.json)."""
-    if not (JS / "node_modules" / "@azure" / "ms-rest-nodeauth").exists():
+    if not (JS_PROJECT / "node_modules" / "@azure" / "ms-rest-nodeauth").exists():
         subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=JS,
+            cwd=JS_PROJECT,
             check=True,
             timeout=300,
             stdin=subprocess.DEVNULL,
         )
-    return JS / "ms_rest_nodeauth.mjs"
+    return JS_PROJECT / "ms_rest_nodeauth.mjs"
 
 
 def imds_proxy(proxy: ProxyProcess, *args: str) -> str:

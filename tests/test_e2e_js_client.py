@@ -21,9 +21,9 @@ import pytest
 from harness.fake_entra import FakeEntra
 from harness.proxy_process import ProxyProcess
 from tests.support.fixtures import SECOND_CLIENT_ID
-from tests.support.js_clients import JS, node_get_token
+from tests.support.js_clients import node_get_token
 from tests.support.jwt_claims import assert_issued_to, claims
-from tests.support.sdk_clients import clean_env, run_client
+from tests.support.sdk_clients import JS_PROJECT, clean_env, run_client
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or shutil.which("npm") is None,
@@ -63,8 +63,8 @@ def ms_rest_nodeauth_token(
     proxy: ProxyProcess, home: Path, resource: str, client_id: str = ""
 ) -> dict[str, object]:
     endpoint = proxy.base + "/metadata/identity/oauth2/token"
-    argv = ["node", str(JS / "login_with_vm_msi.mjs"), resource, client_id, endpoint]
-    return run_client(argv, clean_env(home), JS)
+    argv = ["node", str(JS_PROJECT / "login_with_vm_msi.mjs"), resource, client_id, endpoint]
+    return run_client(argv, clean_env(home), JS_PROJECT)
 
 
 @pytest.mark.parametrize("user_assigned", [False, True])

@@ -15,15 +15,14 @@ import pytest
 
 from harness.fake_entra import FakeEntra
 from harness.proxy_process import FakeImds
-from tests.support.fixtures import SECOND_CLIENT_ID
+from tests.support.fixtures import two_client_issuer
 from tests.support.in_process import InProcessProxy, running_in_process
 
 
 @pytest.fixture(scope="session")
 def fake_entra_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeEntra]:
     """One fake Entra ID process for every in-process module, knowing two client ids."""
-    workdir = tmp_path_factory.mktemp("fake-entra-in-process")
-    with FakeEntra(workdir, extra_args=["--extra-client-id", SECOND_CLIENT_ID]) as entra:
+    with two_client_issuer(tmp_path_factory.mktemp("fake-entra-in-process")) as entra:
         yield entra
 
 

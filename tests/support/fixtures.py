@@ -18,20 +18,23 @@ from harness.proxy_process import FakeImds, ProxyProcess, running_proxy
 from tests.support import pod as pods
 from tests.support.arm_stand_in import ArmStandIn
 from tests.support.dotnet_clients import DotnetClients, dotnet_clients
-from tests.support.js_clients import JS
 from tests.support.legacy_sdks import install_old_sdks
 from tests.support.netns import BACKENDS
-from tests.support.sdk_clients import azure_cli, node_modules, or_skip
+from tests.support.sdk_clients import JS_PROJECT, azure_cli, node_modules, or_skip
 
 SECOND_CLIENT_ID = "0b8f3c1e-6a2d-4d7e-9f10-3c4b5a6d7e8f"
 """A second app registration trusting the same service account (user-assigned tests)."""
 
 
+def two_client_issuer(workdir: Path) -> FakeEntra:
+    """The fake Entra ID the shared fixtures run: it knows the main and the second client."""
+    return FakeEntra(workdir, extra_args=["--extra-client-id", SECOND_CLIENT_ID])
+
+
 @pytest.fixture(scope="module")
 def fake_entra_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeEntra]:
     """One fake Entra ID process per test module, knowing two client ids."""
-    workdir = tmp_path_factory.mktemp("fake-entra")
-    with FakeEntra(workdir, extra_args=["--extra-client-id", SECOND_CLIENT_ID]) as entra:
+    with two_client_issuer(tmp_path_factory.mktemp("fake-entra")) as entra:
         yield entra
 
 
@@ -73,7 +76,7 @@ def arm(fake_entra: FakeEntra, tmp_path: Path) -> Iterator[ArmStandIn]:
 def js_sdk() -> Path:
     """tests/js's packages installed once (npm registry) into tests/js/node_modules."""
     or_skip(node_modules)
-    return JS / "get_token.mjs"
+    return JS_PROJECT / "get_token.mjs"
 
 
 @pytest.fixture(scope="session")

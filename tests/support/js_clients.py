@@ -10,9 +10,6 @@ from pathlib import Path
 from harness.proxy_process import ProxyProcess
 from tests.support.sdk_clients import JS_PROJECT
 
-JS = JS_PROJECT
-"""tests/js: the scripts and their packages."""
-
 
 def node_get_token(
     script: Path, proxy: ProxyProcess, resource: str, client_id: str | None = None
@@ -27,6 +24,6 @@ def node_get_token(
     ):
         env.pop(name, None)
     args = ["node", str(script), resource, *([client_id] if client_id else [])]
-    done = subprocess.run(args, env=env, capture_output=True, timeout=60, cwd=JS)
+    done = subprocess.run(args, env=env, capture_output=True, timeout=60, cwd=JS_PROJECT)
     result: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     return result
